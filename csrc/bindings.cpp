@@ -1,0 +1,71 @@
+// pybind11 module fastopt._cpu. The Python layer validates every argument (fastopt/_checks.py)
+// before calling in here; these functions only unpack buffers, release the GIL and dispatch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "cpu/dispatch.h"
+
+namespace py = pybind11;
+using namespace fastopt::cpu;
+
+namespace {
+
+void* data_of(py::array& a) { return a.mutable_data(); }
+
+void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
+                    py::array param, py::array grad, py::object master, py::tuple states,
+                    const std::vector<double>& scalars, double grad_scale, double weight_decay,
+                    double decay_factor, bool coupled_decay) {
+    StepCall call{};
+    call.optimizer = optimizer;
+    call.variant = variant;
+    call.param_dtype = DType(param_dtype);
+    call.grad_dtype = DType(grad_dtype);
+    call.state_dtype = DType(state_dtype);
+    call.param = data_of(param);
+    call.grad = grad.data();
+    call.master = master.is_none() ? nullptr : static_cast<float*>(master.cast<py::array>().mutable_data());
+    if (states.size() > 3) throw std::invalid_argument("at most 3 state arrays");
+    for (size_t i = 0; i < states.size(); ++i) {
+        py::array s = states[i].cast<py::array>();
+        call.states[i] = s.mutable_data();
+    }
+    if (scalars.size() > std::size(call.scalars)) throw std::invalid_argument("too many scalars");
+    std::copy(scalars.begin(), scalars.end(), call.scalars);
+    call.n = param.size();
+    call.grad_scale = grad_scale;
+    call.weight_decay = weight_decay;
+    call.decay_factor = decay_factor;
+    call.coupled_decay = coupled_decay;
+    call.num_threads = num_threads();
+    py::gil_scoped_release release;
+    fastopt::cpu::optimizer_step(call);
+}
+
+double py_sum_of_squares(int dtype, py::array x) {
+    NormCall call{DType(dtype), x.data(), x.size(), num_threads()};
+    py::gil_scoped_release release;
+    return fastopt::cpu::sum_of_squares(call);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "fastopt's C++/OpenMP kernels (internal: call through fastopt's Python API)";
+    m.def("optimizer_step", &py_optimizer_step);
+    m.def("sum_of_squares", &py_sum_of_squares);
+    m.def("num_threads", &num_threads);
+    m.def("set_num_threads", &set_num_threads);
+    m.def("isa", [] { return std::string(isa_name(active_isa())); });
+    m.def("best_isa", [] { return std::string(isa_name(best_supported_isa())); });
+    m.def("select_isa", [](const std::string& name) {
+        for (Isa isa : {Isa::kBaseline, Isa::kV3, Isa::kV4})
+            if (name == isa_name(isa)) return select_isa(isa);
+        throw std::invalid_argument("unknown ISA level '" + name + "'");
+    });
+}

@@ -1,0 +1,61 @@
+// The interface between the bindings and the per-ISA kernel translation units.
+//
+// Each *_kernels.cpp file is compiled once per ISA level (baseline x86-64, x86-64-v3, x86-64-v4)
+// with FASTOPT_ISA_NS naming the namespace its symbols go into; dispatch.cpp picks one level at
+// import from the CPU's features. Nothing in this header may depend on the ISA.
+#pragma once
+#include <cstdint>
+
+namespace fastopt::cpu {
+
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// One optimizer step over a flat buffer. Pointers are already validated by the Python layer:
+// contiguous, of the stated dtypes, n elements each, not overlapping.
+struct StepCall {
+    int optimizer;       // id from FASTOPT_FOR_EACH_OPTIMIZER
+    int variant;         // the rule's compile-time variant
+    DType param_dtype, grad_dtype, state_dtype;
+    void* param;
+    const void* grad;
+    float* master;       // float32 master weights, for half params; else null
+    void* states[3];
+    int64_t n;
+    double scalars[12];  // the rule's per-step scalars, in its documented order
+    double grad_scale, weight_decay, decay_factor;
+    bool coupled_decay;
+    int num_threads;
+};
+
+// Sum of squares of a gradient, in float64 with a fixed summation order: blocks of
+// kNormBlock elements, each summed over 8 interleaved lanes, the block sums added in order.
+// The result is therefore the same for any thread count and ISA.
+constexpr int64_t kNormBlock = 8192;
+struct NormCall {
+    DType dtype;
+    const void* data;
+    int64_t n;
+    int num_threads;
+};
+
+enum class Isa : int { kBaseline = 0, kV3 = 1, kV4 = 2 };
+const char* isa_name(Isa isa);
+
+// Below this many elements a kernel runs on the calling thread: waking a team costs more.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+using StepFn = void (*)(const StepCall&);
+using NormFn = double (*)(const NormCall&);
+
+}  // namespace fastopt::cpu
+
+// Declarations of the per-ISA entry points.
+#define FASTOPT_DECLARE_ISA(ns)                                          \
+    namespace fastopt::cpu::ns {                                         \
+    void optimizer_step(const StepCall& call);                           \
+    double sum_of_squares(const NormCall& call);                         \
+    }
+FASTOPT_DECLARE_ISA(isa_baseline)
+FASTOPT_DECLARE_ISA(isa_v3)
+FASTOPT_DECLARE_ISA(isa_v4)
+#undef FASTOPT_DECLARE_ISA

@@ -1,0 +1,38 @@
+// SGD with optional heavy-ball or Nesterov momentum (ALGORITHMS.md, "SGD").
+#pragma once
+#include "common.h"
+
+namespace fastopt {
+
+struct SGD {
+    enum Variant { kPlain = 0, kMomentum = 1, kNesterov = 2, kVelocity = 3, kVelocityNesterov = 4 };
+    static constexpr int kNumVariants = 5;
+    static constexpr int num_states(int variant) { return variant == kPlain ? 0 : 1; }
+
+    // Host order of the per-step scalars: lr, momentum, 1 - dampening, first_step.
+    template <class T> struct Scalars {
+        T lr, momentum, one_minus_dampening;
+        bool first_step;  // the buffer is (re)started from the gradient, as torch does
+        explicit Scalars(const double* k)
+            : lr(T(k[0])), momentum(T(k[1])), one_minus_dampening(T(k[2])), first_step(k[3] != 0) {}
+    };
+
+    // buf is torch's momentum_buffer; in the velocity forms it holds the textbook velocity
+    // v = momentum * v - lr * g (Deep Learning, Alg. 8.2; Nesterov in look-ahead form, Alg. 8.3).
+    template <int V, class T>
+    FASTOPT_HD static void update(T& p, T g, T& buf, T&, T&, const Scalars<T>& k) {
+        if (V == kPlain) {
+            p = p - k.lr * g;
+        } else if (V == kMomentum || V == kNesterov) {
+            buf = k.first_step ? g : k.momentum * buf + k.one_minus_dampening * g;
+            T direction = V == kNesterov ? g + k.momentum * buf : buf;
+            p = p - k.lr * direction;
+        } else {
+            T step = k.lr * g;
+            buf = k.first_step ? -step : k.momentum * buf - step;
+            p = p + (V == kVelocityNesterov ? k.momentum * buf - step : buf);
+        }
+    }
+};
+
+}  // namespace fastopt

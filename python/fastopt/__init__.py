@@ -1,0 +1,15 @@
+"""fastopt: fused, in-place optimizer and BatchNorm kernels for NumPy and CuPy training code."""
+from ._backend import BackendUnavailableError, backends, get_num_threads, set_num_threads, use_backend
+from . import functional, schedules
+from .flat import FlatParams
+from .functional import StepResult
+from .grad_utils import clip_grad_norm_, grad_norm
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "backends", "get_num_threads", "set_num_threads", "use_backend",
+    "functional", "schedules", "FlatParams", "StepResult", "clip_grad_norm_", "grad_norm",
+    "Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion",
+]

@@ -1,0 +1,213 @@
+"""The one registry of compute backends: which exist, which is used for a call, and why not.
+
+NumPy arrays go to "cpu" (the compiled C++/OpenMP extension), or to "numba" when the extension
+cannot be imported; CuPy arrays go to "cuda". A `backend=` keyword, `use_backend()` and the
+FASTOPT_BACKEND environment variable override the choice for NumPy arrays.
+"""
+import contextlib
+import contextvars
+import os
+
+import numpy as np
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that cannot run here; the message says why."""
+
+
+CPU_ISA_LEVELS = {"baseline": "baseline", "v3": "x86-64-v3", "v4": "x86-64-v4"}
+
+
+class _Backend:
+    name = ""
+    array_kind = "numpy"  # "numpy" or "cupy": the arrays this backend computes on
+
+    def __init__(self):
+        self._module = None
+        self._reason = None
+
+    def _load(self):
+        raise NotImplementedError
+
+    @property
+    def module(self):
+        """The backend's kernel module, imported on first use; raises if unavailable."""
+        if self._module is None:
+            if self._reason is None:
+                try:
+                    self._module = self._load()
+                except BackendUnavailableError as exc:
+                    self._reason = str(exc)
+                except Exception as exc:  # an import that fails for any reason makes it unavailable
+                    self._reason = f"{type(exc).__name__}: {exc}"
+            if self._module is None:
+                raise BackendUnavailableError(f"backend '{self.name}' is unavailable: {self._reason}")
+        return self._module
+
+    @property
+    def available(self):
+        try:
+            self.module
+        except BackendUnavailableError:
+            return False
+        return True
+
+    def info(self):
+        if not self.available:
+            return {"available": False, "reason": self._reason}
+        return {"available": True, **self._details()}
+
+    def _details(self):
+        return {}
+
+
+class _CpuBackend(_Backend):
+    name = "cpu"
+
+    def _load(self):
+        try:
+            from . import _cpu
+        except ImportError as exc:
+            raise BackendUnavailableError(f"extension not built or not importable ({exc})") from None
+        forced = os.environ.get("FASTOPT_CPU_ISA")
+        if forced:
+            if forced not in CPU_ISA_LEVELS:
+                raise ValueError(f"FASTOPT_CPU_ISA must be one of {sorted(CPU_ISA_LEVELS)}, got {forced!r}")
+            _cpu.select_isa(CPU_ISA_LEVELS[forced])
+        return _cpu
+
+    def _details(self):
+        m = self.module
+        return {"isa": m.isa(), "best_isa": m.best_isa(), "num_threads": m.num_threads()}
+
+
+class _NumbaBackend(_Backend):
+    name = "numba"
+
+    def _load(self):
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            raise BackendUnavailableError("Numba not installed (pip install fastopt[numba])") from None
+        from . import numba as numba_kernels
+
+        return numba_kernels
+
+    def _details(self):
+        import numba
+
+        return {"version": numba.__version__, "num_threads": numba.get_num_threads()}
+
+
+class _CudaBackend(_Backend):
+    name = "cuda"
+    array_kind = "cupy"
+
+    def _load(self):
+        try:
+            import cupy
+        except ImportError:
+            raise BackendUnavailableError("CuPy not installed (pip install fastopt[cuda12] or [cuda13])") from None
+        if not cupy.is_available():
+            raise BackendUnavailableError("no CUDA device (cupy.is_available() is False)")
+        from . import cuda
+
+        return cuda
+
+    def _details(self):
+        import cupy
+
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        return {"device": props["name"].decode(), "compute_capability": dev.compute_capability,
+                "cupy": cupy.__version__}
+
+
+BACKENDS = {b.name: b for b in (_CpuBackend(), _NumbaBackend(), _CudaBackend())}
+_override = contextvars.ContextVar("fastopt_backend", default=None)
+
+
+def backends():
+    """{"cpu": info, "numba": info, "cuda": info}: availability and details, or why not."""
+    return {name: b.info() for name, b in BACKENDS.items()}
+
+
+def _named(name, source):
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"{source} must be one of {sorted(BACKENDS)}, got {name!r}") from None
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the enclosed calls on backend `name` (for NumPy arrays: "cpu" or "numba")."""
+    _named(name, "use_backend(name)")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def array_kind(a):
+    """"numpy", "cupy", or None for anything else."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    module = type(a).__module__
+    if module.startswith("cupy"):
+        return "cupy"
+    return None
+
+
+def select(kind, backend=None):
+    """The backend object for arrays of `kind`, honouring the overrides; raises if unavailable."""
+    if backend is not None:
+        chosen = _named(backend, "backend")
+        source = "backend="
+    else:
+        name = _override.get() or os.environ.get("FASTOPT_BACKEND") or None
+        if name is not None:
+            chosen = _named(name, "FASTOPT_BACKEND / use_backend")
+            source = "FASTOPT_BACKEND / use_backend"
+            if chosen.array_kind != kind:  # a CPU override does not apply to CuPy arrays
+                chosen = None
+        else:
+            chosen = None
+        if chosen is None:
+            if kind == "cupy":
+                chosen = BACKENDS["cuda"]
+            else:
+                cpu = BACKENDS["cpu"]
+                chosen = cpu if cpu.available else BACKENDS["numba"]
+                if not chosen.available:
+                    raise BackendUnavailableError(
+                        f"no CPU backend: cpu: {cpu._reason}; numba: {BACKENDS['numba']._reason}")
+            return chosen
+    if chosen.array_kind != kind:
+        raise TypeError(f"{source}{chosen.name!r} computes on {chosen.array_kind} arrays, got {kind} arrays")
+    chosen.module  # raises BackendUnavailableError with the reason
+    return chosen
+
+
+def set_num_threads(n):
+    """Threads used by the CPU backends (C++/OpenMP and Numba)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"num_threads must be an integer >= 1, got {n!r}")
+    n = int(n)
+    cpu, nb = BACKENDS["cpu"], BACKENDS["numba"]
+    if cpu.available:
+        cpu.module.set_num_threads(n)
+    if nb.available:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads():
+    cpu = BACKENDS["cpu"]
+    if cpu.available:
+        return cpu.module.num_threads()
+    import numba
+
+    return numba.get_num_threads()
