@@ -13,6 +13,11 @@
 namespace py = pybind11;
 using namespace fastopt::cpu;
 
+// Other kernel families register their functions from their own bind_*.cpp files.
+void register_batchnorm(py::module_& m);  // bind_batchnorm.cpp
+void register_bench(py::module_& m);      // bind_bench.cpp
+void register_internal(py::module_& m);   // bind_internal.cpp
+
 namespace {
 
 void* data_of(py::array& a) { return a.mutable_data(); }
@@ -68,4 +73,7 @@ PYBIND11_MODULE(_cpu, m) {
             if (name == isa_name(isa)) return select_isa(isa);
         throw std::invalid_argument("unknown ISA level '" + name + "'");
     });
+    register_batchnorm(m);
+    register_bench(m);
+    register_internal(m);
 }

@@ -45,16 +45,6 @@ void set_num_threads(int n) {
     g_num_threads = n;
 }
 
-#if defined(FASTOPT_HAVE_ISA_LEVELS)
-#define FASTOPT_PICK(fn)                                   \
-    switch (g_isa) {                                       \
-        case Isa::kV4: return isa_v4::fn;                  \
-        case Isa::kV3: return isa_v3::fn;                  \
-        default: return isa_baseline::fn;                  \
-    }
-#else
-#define FASTOPT_PICK(fn) return isa_baseline::fn;
-#endif
 
 void optimizer_step(const StepCall& call) { FASTOPT_PICK(optimizer_step(call)) }
 double sum_of_squares(const NormCall& call) { FASTOPT_PICK(sum_of_squares(call)) }
