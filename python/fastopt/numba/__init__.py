@@ -1,0 +1,67 @@
+"""The Numba backend: the same kernels as the C++ extension, compiled at first use.
+
+It serves NumPy arrays when the compiled extension cannot be imported, or when asked for
+(backend="numba", fastopt.use_backend("numba"), FASTOPT_BACKEND=numba). Its entry points have the
+signatures of the extension's (csrc/bindings.cpp).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .._dtypes import CODE_FLOAT64, UINT16, is_half
+from .optim import _kernel
+
+NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
+
+
+def _storage(a, code):
+    """Half arrays are handed to the kernels as their uint16 bits."""
+    return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
+
+
+def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
+                   scalars, grad_scale, weight_decay, decay_factor, coupled_decay):
+    compute = np.float64 if param_code == CODE_FLOAT64 else np.float32
+    k = np.array(scalars, dtype=compute)
+    # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
+    pro = np.array([grad_scale, weight_decay, decay_factor, 0.0, 1.0], dtype=compute)
+    state_arrays = [_storage(s, state_code) for s in states]
+    empty_state = np.empty(0, dtype=state_arrays[0].dtype if state_arrays else compute)
+    while len(state_arrays) < 3:
+        state_arrays.append(empty_state)
+    master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
+    _kernel(rule)(variant, len(states), _storage(param, param_code), _storage(grad, grad_code),
+                  master_flat, *state_arrays, k, pro, bool(coupled_decay), param_code, grad_code, state_code)
+
+
+@njit(inline="always")
+def _block_sum_of_squares(x, start, stop, code):
+    lane = np.zeros(8, np.float64)
+    full = start + (stop - start) // 8 * 8
+    for i in range(start, full, 8):
+        for j in range(8):
+            v = np.float64(_widen(x[i + j], code))
+            lane[j] += v * v
+    for i in range(full, stop):
+        v = np.float64(_widen(x[i], code))
+        lane[i - full] += v * v
+    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]))
+
+
+@njit(parallel=True)
+def _sum_of_squares(x, code):
+    n = x.size
+    num_blocks = (n + NORM_BLOCK - 1) // NORM_BLOCK
+    partial = np.zeros(num_blocks, np.float64)
+    for b in prange(num_blocks):
+        partial[b] = _block_sum_of_squares(x, b * NORM_BLOCK, min(n, (b + 1) * NORM_BLOCK), code)
+    total = 0.0
+    for b in range(num_blocks):
+        total += partial[b]
+    return total
+
+
+from .math import widen as _widen  # noqa: E402  (used inside the jitted functions above)
+
+
+def sum_of_squares(code, x):
+    return float(_sum_of_squares(_storage(x, code), code))

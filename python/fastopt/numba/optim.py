@@ -1,0 +1,44 @@
+"""Numba loops over the rules of fastopt.numba.math: the same element step as
+csrc/fastopt/math/step.h, parallel over the flat buffer with prange."""
+import numpy as np
+from numba import njit, prange
+
+from .math import UPDATES, store, widen
+
+_CACHE = {}
+
+
+def _make_kernel(update):
+    @njit(parallel=True)
+    def kernel(variant, num_states, param, grad, master, s0, s1, s2, k, pro, coupled,
+               param_code, grad_code, state_code):
+        has_master = master.size > 0
+        zero = pro[3]
+        for i in prange(param.size):
+            p = master[i] if has_master else widen(param[i], param_code)
+            a = widen(s0[i], state_code) if num_states > 0 else zero
+            b = widen(s1[i], state_code) if num_states > 1 else zero
+            c = widen(s2[i], state_code) if num_states > 2 else zero
+            p = p * pro[2]
+            g = widen(grad[i], grad_code) * pro[0]
+            if coupled:
+                g = g + pro[1] * p
+            p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
+            if has_master:
+                master[i] = p
+            store(param, i, p, param_code)
+            if num_states > 0:
+                store(s0, i, a, state_code)
+            if num_states > 1:
+                store(s1, i, b, state_code)
+            if num_states > 2:
+                store(s2, i, c, state_code)
+
+    return kernel
+
+
+def _kernel(rule):
+    kernel = _CACHE.get(rule)
+    if kernel is None:
+        kernel = _CACHE[rule] = _make_kernel(UPDATES[rule])
+    return kernel

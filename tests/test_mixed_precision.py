@@ -1,0 +1,254 @@
+"""Half precision with float32 master weights, bfloat16 state, loss scaling, non-finite skipping
+and fused clipping, on every available NumPy backend."""
+import math
+
+import numpy as np
+import pytest
+
+import fastopt
+from conftest import random_arrays
+from reference import Reference
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+HALVES = [np.dtype(np.float16), BF16]
+STEPS = 60
+
+HALF_CASES = [
+    ("adam", fastopt.Adam, dict(lr=0.01)),
+    ("adamw", fastopt.AdamW, dict(lr=0.01, amsgrad=True)),
+    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("adagrad", fastopt.Adagrad, dict(lr=0.1)),
+    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, centered=True, momentum=0.5)),
+    ("lion", fastopt.Lion, dict(lr=1e-3)),
+]
+
+
+def reference(name, kwargs, start, grads, round_state=None):
+    hyper = dict(kwargs)
+    if name == "adamw":
+        hyper.setdefault("weight_decay", 1e-2)
+        hyper["decoupled_weight_decay"] = True
+    ref = Reference(name, start, round_state=round_state, **hyper)
+    for g in grads:
+        ref.step(g)
+    return ref
+
+
+def relative_error(result, ref_p, start):
+    travelled = max(float(np.max(np.abs(ref_p - start), initial=0.0)), 1e-30)
+    return float(np.max(np.abs(result.astype(np.float64) - ref_p), initial=0.0)) / travelled
+
+
+@pytest.mark.parametrize("half", HALVES, ids=str)
+@pytest.mark.parametrize("grad_is_float32", [False, True], ids=["half-grad", "f32-grad"])
+@pytest.mark.parametrize("case", range(len(HALF_CASES)), ids=[c[0] for c in HALF_CASES])
+@pytest.mark.parametrize("n", [1, 7, 1031, 40009])
+def test_master_weights_track_float64(backend, half, grad_is_float32, case, n):
+    name, cls, kwargs = HALF_CASES[case]
+    param32, grads32 = random_arrays(n, np.float32, 11, STEPS)
+    param = param32.astype(half)
+    grads = [g if grad_is_float32 else g.astype(half) for g in grads32]
+    opt = cls(param, master_weights=True, backend=backend, **kwargs)
+    master = opt.state["master_weights"]
+    np.testing.assert_array_equal(master, param.astype(np.float32))
+    for g in grads:
+        opt.step(g)
+    start = param32.astype(half).astype(np.float64)  # the reference starts where the half param did
+    ref = reference(name, kwargs, start, [g.astype(np.float64) for g in grads])
+    # The master copy is stepped in float32, so it meets the float32 tolerance of
+    # test_optimizers.py (2e-4 of the distance travelled).
+    assert relative_error(master, ref.p, start) <= 2e-4
+    # The half copy is the master rounded to nearest even, bit for bit (ml_dtypes and NumPy round
+    # to nearest even too).
+    np.testing.assert_array_equal(param.view(np.uint16), master.astype(half).view(np.uint16))
+
+
+def _round_to_bf16(x):
+    return x.astype(BF16).astype(np.float64)
+
+
+@pytest.mark.parametrize("case", range(len(HALF_CASES)), ids=[c[0] for c in HALF_CASES])
+def test_bfloat16_state(backend, case):
+    name, cls, kwargs = HALF_CASES[case]
+    param, grads = random_arrays(1031, np.float32, 12, STEPS)
+    start = param.astype(np.float64)
+    opt = cls(param, state_dtype="bfloat16", backend=backend, **kwargs)
+    for g in grads:
+        opt.step(g)
+    for key in opt.state:
+        if key not in ("step", "mu_product"):
+            assert opt.state[key].dtype == BF16, key
+    # Against a float64 reference that rounds its state to bfloat16 after every step. The two round
+    # from slightly different values (float32 vs float64 arithmetic), so a state element can differ
+    # by one bfloat16 ulp (2^-8 relative) on a step; through 60 steps that stays within 2% of the
+    # distance travelled, while float32 state would differ from this reference by far less and a
+    # state not rounded at all would not be bfloat16.
+    ref = reference(name, kwargs, start, grads, round_state=_round_to_bf16)
+    assert relative_error(param, ref.p, start) <= 2e-2
+
+
+def test_bfloat16_state_half_param_combination(backend):
+    param32, grads = random_arrays(1031, np.float32, 13, 20)
+    param = param32.astype(BF16)
+    opt = fastopt.Adam(param, lr=0.01, master_weights=True, state_dtype="bfloat16", backend=backend)
+    for g in grads:
+        opt.step(g.astype(BF16))
+    start = param32.astype(BF16).astype(np.float64)
+    ref = reference("adam", dict(lr=0.01), start, [g.astype(BF16).astype(np.float64) for g in grads],
+                    round_state=_round_to_bf16)
+    assert relative_error(opt.state["master_weights"], ref.p, start) <= 2e-2
+
+
+def _sgd_identity(backend, half, master_values, grad_bits):
+    """Rounds `master_values` to `half` through a step with lr = 0, then widens the half gradient
+    `grad_bits` through a maximizing step with lr = 1 from a zero master (master = 0 + g, exact)."""
+    n = master_values.size
+    param = master_values.astype(half)
+    opt = fastopt.SGD(param, lr=0.0, master_weights=True, backend=backend)
+    opt.state["master_weights"][...] = master_values
+    grad = grad_bits.view(half)
+    opt.step(np.zeros(n, half))  # lr = 0: the master is unchanged and the half copy is rewritten from it
+    rounded = param.copy()
+    opt.state["master_weights"][...] = 0
+    opt.lr = 1.0
+    opt.maximize = True  # p = 0 + g
+    opt.step(grad)
+    assert n == grad.size
+    return rounded, opt.state["master_weights"].copy()
+
+
+@pytest.mark.parametrize("half", HALVES, ids=str)
+def test_half_conversions_are_exact_for_every_bit_pattern(backend, half):
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    widened_expected = bits.view(half).astype(np.float32)
+    # float32 values hitting every rounding case: every half value, the midpoints between
+    # neighbours (ties to even), values just off the midpoints, overflow, underflow, inf, NaN.
+    rng = np.random.default_rng(0)
+    specials = np.array([np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 1e38, 3.4e38, 1e-8, 2.98e-8,
+                         2.99e-8, 5.96e-8, 6e-8, 1e-45, -0.0, 0.0], np.float32)
+    finite = widened_expected[np.isfinite(widened_expected)]
+    ordered = np.unique(finite)
+    midpoints = ((ordered[:-1].astype(np.float64) + ordered[1:]) / 2).astype(np.float32)
+    values = np.concatenate([specials, finite, midpoints, np.nextafter(midpoints, np.float32(np.inf)),
+                             np.nextafter(midpoints, np.float32(-np.inf)),
+                             rng.standard_normal(4096).astype(np.float32) * 1e4])
+    grad_bits = np.resize(bits, values.size)
+    with np.errstate(over="ignore"):  # float16 overflow to inf is one of the cases
+        rounded, widened = _sgd_identity(backend, half, values, grad_bits)
+        expected = values.astype(half)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(rounded.view(np.uint16)[~nan], expected.view(np.uint16)[~nan])
+    assert np.all(np.isnan(rounded[nan].astype(np.float32)))
+    # Widening is exact; compared as values since the step itself turns -0.0 into +0.0 (0 - 0).
+    np.testing.assert_array_equal(widened, grad_bits.view(half).astype(np.float32))
+
+
+def test_grad_scale_by_power_of_two_is_exact(backend):
+    param, grads = random_arrays(1031, np.float32, 14, 5)
+    plain, scaled = param.copy(), param.copy()
+    a = fastopt.Adam(plain, lr=0.01, backend=backend)
+    b = fastopt.Adam(scaled, lr=0.01, backend=backend)
+    for g in grads:
+        a.step(g)
+        b.step(g * np.float32(1024), grad_scale=1024.0)
+    np.testing.assert_array_equal(plain, scaled)
+
+
+def test_grad_scale_matches_reference(backend):
+    param, grads = random_arrays(1031, np.float64, 15, 30)
+    start = param.copy()
+    opt = fastopt.SGD(param, lr=0.05, momentum=0.9, backend=backend)
+    ref = Reference("sgd", start, lr=0.05, momentum=0.9)
+    for g in grads:
+        opt.step(g * 3.0, grad_scale=3.0)
+        ref.step(g * 3.0, grad_scale=3.0)
+    np.testing.assert_allclose(param, ref.p, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_skip_nonfinite_changes_nothing(backend, bad):
+    param, grads = random_arrays(1031, np.float32, 16, 3)
+    opt = fastopt.Adam(param, lr=0.01, backend=backend)
+    opt.step(grads[0])
+    before = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in opt.state.items()}
+    p_before = param.copy()
+    bad_grad = grads[1].copy()
+    bad_grad[517] = bad
+    norm = opt.step(bad_grad, skip_nonfinite=True)
+    assert opt.last_step_skipped and not math.isfinite(norm)
+    np.testing.assert_array_equal(param, p_before)
+    assert opt.state["step"] == before["step"] == 1
+    for k in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(opt.state[k], before[k])
+    norm = opt.step(grads[2], skip_nonfinite=True)
+    assert not opt.last_step_skipped and math.isfinite(norm) and opt.state["step"] == 2
+
+
+def test_skip_nonfinite_half_master(backend):
+    param32, grads = random_arrays(100, np.float32, 17, 1)
+    param = param32.astype(np.float16)
+    opt = fastopt.Adam(param, lr=0.01, master_weights=True, backend=backend)
+    g = grads[0].astype(np.float16)
+    g[3] = np.float16(np.inf)
+    before, master_before = param.copy(), opt.state["master_weights"].copy()
+    opt.step(g, skip_nonfinite=True)
+    assert opt.last_step_skipped
+    np.testing.assert_array_equal(param.view(np.uint16), before.view(np.uint16))
+    np.testing.assert_array_equal(opt.state["master_weights"], master_before)
+
+
+def test_nonfinite_gradient_without_skip_propagates(backend):
+    param = np.ones(16, np.float32)
+    g = np.ones(16, np.float32)
+    g[4] = np.nan
+    fastopt.SGD(param, lr=0.1, backend=backend).step(g)
+    assert np.isnan(param[4]) and np.all(param[np.arange(16) != 4] == np.float32(0.9))
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_fused_clip_equals_clip_then_step(backend, max_norm):
+    param, grads = random_arrays(40009, np.float32, 18, 4)
+    fused, two_calls = param.copy(), param.copy()
+    a = fastopt.Adam(fused, lr=0.01, backend=backend)
+    b = fastopt.Adam(two_calls, lr=0.01, backend=backend)
+    for g in grads:
+        g_copy = g.copy()
+        norm_fused = a.step(g, max_grad_norm=max_norm)
+        np.testing.assert_array_equal(g, g_copy)  # the fused path never writes the gradient
+        norm_two = fastopt.clip_grad_norm_(g_copy, max_norm, backend=backend)
+        b.step(g_copy)
+        assert norm_fused == norm_two
+    np.testing.assert_array_equal(fused, two_calls)
+
+
+def test_clip_with_grad_scale_and_maximize_matches_reference(backend):
+    param, grads = random_arrays(1031, np.float64, 19, 20)
+    start = param.copy()
+    opt = fastopt.SGD(param, lr=0.05, momentum=0.9, maximize=True, backend=backend)
+    ref = Reference("sgd", start, lr=0.05, momentum=0.9, maximize=True)
+    for g in grads:
+        norm = opt.step(g * 8.0, grad_scale=8.0, max_grad_norm=5.0)
+        assert norm == pytest.approx(np.linalg.norm(g), rel=1e-12)
+        ref.step(g * 8.0, grad_scale=8.0, clip=5.0)
+    np.testing.assert_allclose(param, ref.p, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, BF16], ids=str)
+@pytest.mark.parametrize("n", [0, 1, 7, 8193, 100003])
+def test_grad_norm(backend, dtype, n):
+    rng = np.random.default_rng(n)
+    g = rng.standard_normal(n).astype(dtype)
+    expected = math.sqrt(float(np.sum(g.astype(np.float64) ** 2)))
+    # float64 accumulation of exactly representable squares: only summation rounding remains.
+    assert fastopt.grad_norm(g, backend=backend) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_clip_grad_norm_(backend):
+    g = np.full(100, 3.0, np.float32)
+    norm = fastopt.clip_grad_norm_(g, 1.0, backend=backend)
+    assert norm == pytest.approx(30.0)
+    np.testing.assert_allclose(np.linalg.norm(g.astype(np.float64)), 1.0, rtol=1e-6)
+    g2 = np.full(100, 0.01, np.float32)
+    fastopt.clip_grad_norm_(g2, 1.0, backend=backend)
+    assert np.all(g2 == np.float32(0.01))
