@@ -331,16 +331,14 @@ class Adam(_AdamFamily):
     """torch.optim.Adam (with ``amsgrad``; ``decoupled_weight_decay=True`` is AdamW)."""
 
     _rule = _scalars.ADAM
-    _decoupled_default = False
     decoupled_weight_decay = _Hyper(_flag)
 
     def __init__(self, param, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=None, **options):
+                 maximize=False, decoupled_weight_decay=False, **options):
         super().__init__(param, **options)
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.maximize, self.amsgrad = maximize, bool(amsgrad)
-        self.decoupled_weight_decay = self._decoupled_default if decoupled_weight_decay is None \
-            else decoupled_weight_decay
+        self.decoupled_weight_decay = decoupled_weight_decay
 
     def _state_names(self):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
@@ -354,11 +352,10 @@ class Adam(_AdamFamily):
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
 
-    _decoupled_default = True
-
     def __init__(self, param, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, **options):
-        super().__init__(param, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, **options)
+        super().__init__(param, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True, **options)
 
 
 class Adamax(_AdamFamily):

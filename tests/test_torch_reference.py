@@ -1,0 +1,67 @@
+"""Step-for-step agreement with torch.optim, where torch is installed (it is never a dependency).
+
+Both sides run in float64 on the same gradients; the only differences are the order of a few
+roundings per step (torch uses lerp/addcdiv, fastopt folds scalars), so 1e-10 relative is ample,
+while a different rule or default would differ by far more."""
+import numpy as np
+import pytest
+
+import fastopt
+from conftest import random_arrays
+
+torch = pytest.importorskip("torch")
+
+CASES = [
+    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
+    (fastopt.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
+    (fastopt.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    (fastopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.01)),
+    (fastopt.Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
+    (fastopt.AdamW, torch.optim.AdamW, dict(lr=0.01)),
+    (fastopt.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.01)),
+    (fastopt.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
+    (fastopt.RAdam, torch.optim.RAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0].__name__ for c in CASES])
+def test_matches_torch_optim(backend, case):
+    ours_cls, torch_cls, kwargs = CASES[case]
+    param, grads = random_arrays(1031, np.float64, 20, 40)
+    # torch keeps scalar state such as NAdam's mu_product in the default dtype: make it float64.
+    previous_default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        run_both(ours_cls, torch_cls, kwargs, param, grads, backend)
+    finally:
+        torch.set_default_dtype(previous_default)
+
+
+def run_both(ours_cls, torch_cls, kwargs, param, grads, backend):
+    tp = torch.nn.Parameter(torch.from_numpy(param.copy()))
+    topt = torch_cls([tp], **kwargs)
+    opt = ours_cls(param, backend=backend, **kwargs)
+    for g in grads:
+        opt.step(g)
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_allclose(param, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+    tstate = topt.state[tp]
+    for key, value in tstate.items():
+        if key in opt.state and hasattr(opt.state[key], "shape"):
+            np.testing.assert_allclose(opt.state[key], value.numpy(), rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_defaults_match_torch():
+    """Constructor defaults are torch.optim's, so code can switch between the two."""
+    import inspect
+
+    for ours in (fastopt.SGD, fastopt.Adagrad, fastopt.RMSprop, fastopt.Adadelta, fastopt.Adam, fastopt.AdamW,
+                 fastopt.Adamax, fastopt.NAdam, fastopt.RAdam):
+        theirs = getattr(torch.optim, ours.__name__)
+        ours_sig, their_sig = inspect.signature(ours.__init__), inspect.signature(theirs.__init__)
+        for name, p in their_sig.parameters.items():
+            if name in ours_sig.parameters and p.default is not inspect.Parameter.empty:
+                mine = ours_sig.parameters[name].default
+                assert mine == p.default or (mine is None and p.default is None), (ours.__name__, name, mine, p.default)
