@@ -22,8 +22,7 @@ struct StepCall {
     void* states[3];
     int64_t n;
     double scalars[12];  // the rule's per-step scalars, in its documented order
-    double grad_scale, weight_decay, decay_factor;
-    bool coupled_decay;
+    double grad_scale, weight_decay, decay_factor;  // ALGORITHMS.md's prologue (fastopt/math/step.h)
     int num_threads;
 };
 

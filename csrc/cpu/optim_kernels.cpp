@@ -21,8 +21,7 @@ using Rule = ::fastopt::FASTOPT_RULE;
 template <int V, class C, class P, class G, class S>
 void run_variant(const StepCall& call) {
     const typename Rule::template Scalars<C> scalars(call.scalars);
-    const Prologue<C> prologue{C(call.grad_scale), C(call.weight_decay), C(call.decay_factor),
-                               call.coupled_decay};
+    const Prologue<C> prologue{C(call.grad_scale), C(call.weight_decay), C(call.decay_factor)};
     P* param = static_cast<P*>(call.param);
     const G* grad = static_cast<const G*>(call.grad);
     float* master = call.master;

@@ -17,15 +17,16 @@ ADAM_AMSGRAD = 1
 
 
 def prologue(lr, weight_decay, decoupled, maximize, grad_scale):
-    """(grad_scale, weight_decay, decay_factor, coupled) of the shared prologue.
+    """(grad_scale, weight_decay, decay_factor) of the shared prologue.
 
     `grad_scale` already multiplies 1/loss_scale and the clip factor; maximize flips its sign,
-    which is exact. Decoupled decay becomes the factor 1 - lr * weight_decay on p.
+    which is exact. The kernels add weight_decay * p to the gradient when weight_decay is nonzero,
+    so decoupled decay passes 0 there and becomes the factor 1 - lr * weight_decay on p.
     """
     scale = -grad_scale if maximize else grad_scale
     if decoupled:
-        return scale, 0.0, 1.0 - lr * weight_decay, False
-    return scale, weight_decay, 1.0, weight_decay != 0
+        return scale, 0.0, 1.0 - lr * weight_decay
+    return scale, weight_decay, 1.0
 
 
 def sgd(lr, momentum, dampening, nesterov, velocity_form, step):

@@ -43,10 +43,10 @@ def _fused_step(rule, variant, scalars, arrays, *, lr, weight_decay, decoupled, 
         if max_grad_norm is not None:
             inv_scale *= _scalars.clip_factor(norm, max_grad_norm)
         result = StepResult(norm, False)
-    scale, wd, decay_factor, coupled = _scalars.prologue(lr, weight_decay, decoupled, maximize, inv_scale)
+    scale, wd, decay_factor = _scalars.prologue(lr, weight_decay, decoupled, maximize, inv_scale)
     chosen.module.optimizer_step(rule, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
                                  arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
-                                 scale, wd, decay_factor, coupled)
+                                 scale, wd, decay_factor)
     return result
 
 

@@ -12,7 +12,6 @@
 #else
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #define FASTOPT_HD inline __attribute__((always_inline))
 #endif
 
@@ -28,16 +27,15 @@ namespace fastopt {
 // Storage types for the half formats. Arithmetic is never done in them: values are widened to
 // float on load and rounded to nearest even on store, with the conversions below, which are
 // written with integer and float32 operations only so that host and device round identically.
-struct bf16_t { uint16_t bits; };
-struct f16_t { uint16_t bits; };
+// Scoped enums rather than structs: they are scalars, so loops over them vectorise.
+enum class bf16_t : uint16_t {};
+enum class f16_t : uint16_t {};
 
 FASTOPT_HD float bits_to_float(uint32_t u) {
 #ifdef FASTOPT_DEVICE_CODE
     return __uint_as_float(u);
 #else
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
+    return __builtin_bit_cast(float, u);  // unlike memcpy, keeps the loop vectorisable
 #endif
 }
 
@@ -45,13 +43,11 @@ FASTOPT_HD uint32_t float_to_bits(float f) {
 #ifdef FASTOPT_DEVICE_CODE
     return __float_as_uint(f);
 #else
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    return u;
+    return __builtin_bit_cast(uint32_t, f);
 #endif
 }
 
-FASTOPT_HD float bf16_to_float(bf16_t h) { return bits_to_float(uint32_t(h.bits) << 16); }
+FASTOPT_HD float bf16_to_float(bf16_t h) { return bits_to_float(uint32_t(h) << 16); }
 
 FASTOPT_HD bf16_t float_to_bf16(float f) {
     uint32_t u = float_to_bits(f);
@@ -60,12 +56,13 @@ FASTOPT_HD bf16_t float_to_bf16(float f) {
     uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     // A NaN stays a (quiet) NaN with its sign; rounding could carry it into infinity.
     uint32_t nan = (u >> 16) | 0x0040u;
-    return bf16_t{uint16_t(is_nan ? nan : rounded)};
+    return bf16_t(is_nan ? nan : rounded);
 }
 
 FASTOPT_HD float f16_to_float(f16_t h) {
-    uint32_t sign = uint32_t(h.bits & 0x8000u) << 16;
-    uint32_t magnitude = h.bits & 0x7fffu;
+    uint32_t bits = uint32_t(h);
+    uint32_t sign = (bits & 0x8000u) << 16;
+    uint32_t magnitude = bits & 0x7fffu;
     // Shifting exponent and mantissa into float position gives the value times 2^-112; one exact
     // multiplication rescales normals and subnormals alike.
     float scaled = bits_to_float(magnitude << 13) * 5.192296858534828e33f;  // 2^112
@@ -87,7 +84,7 @@ FASTOPT_HD f16_t float_to_f16(float f) {
     uint32_t odd = (a >> 13) & 1u;
     uint32_t normal = (a + 0xc8000fffu + odd) >> 13;  // 0xc8000000 = (15 - 127) << 23
     uint32_t body = a >= 0x477ff000u ? big : (a < 0x38800000u ? tiny : normal);
-    return f16_t{uint16_t(sign | body)};
+    return f16_t(sign | body);
 }
 
 // Widening loads and rounding stores between a storage type S and the compute type C.
@@ -123,10 +120,13 @@ template <class T> FASTOPT_HD T fo_sign(T a) { return a > T(0) ? T(1) : (a < T(0
 
 // The gradient as every rule sees it (ALGORITHMS.md, shared prologue): sign for maximize, loss
 // unscaling and the clip factor arrive folded into one scale; coupled L2 decay adds wd * p.
+// The condition is a float comparison, not a bool flag: GCC fails to vectorise loops that mix
+// 16- and 32-bit data with a select on an invariant bool. wd * p is skipped, not multiplied by
+// zero, so an infinite p does not turn the gradient into NaN.
 template <class T>
-FASTOPT_HD T prologue_grad(T g, T p, T grad_scale, T weight_decay, bool coupled_decay) {
+FASTOPT_HD T prologue_grad(T g, T p, T grad_scale, T weight_decay) {
     g = g * grad_scale;
-    return coupled_decay ? g + weight_decay * p : g;
+    return weight_decay != T(0) ? g + weight_decay * p : g;
 }
 
 }  // namespace fastopt

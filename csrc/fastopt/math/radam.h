@@ -13,11 +13,11 @@ struct RAdam {
     // adaptive_step = lr r sqrt(bc2) / bc1, plain_step = lr / bc1, eps.
     template <class T> struct Scalars {
         T beta1, one_minus_beta1, beta2, one_minus_beta2;
-        bool rectified;
+        T rectified;  // 1 or 0; a float for the reason given at prologue_grad
         T adaptive_step, plain_step, eps;
         explicit Scalars(const double* k)
             : beta1(T(k[0])), one_minus_beta1(T(k[1])), beta2(T(k[2])), one_minus_beta2(T(k[3])),
-              rectified(k[4] != 0), adaptive_step(T(k[5])), plain_step(T(k[6])), eps(T(k[7])) {}
+              rectified(T(k[4])), adaptive_step(T(k[5])), plain_step(T(k[6])), eps(T(k[7])) {}
     };
 
     // States: exp_avg, exp_avg_sq.
@@ -25,7 +25,7 @@ struct RAdam {
     FASTOPT_HD static void update(T& p, T g, T& m, T& v, T&, const Scalars<T>& k) {
         m = k.beta1 * m + k.one_minus_beta1 * g;
         v = k.beta2 * v + k.one_minus_beta2 * g * g;
-        T step = k.rectified ? k.adaptive_step * m / (fo_sqrt(v) + k.eps) : k.plain_step * m;
+        T step = k.rectified != T(0) ? k.adaptive_step * m / (fo_sqrt(v) + k.eps) : k.plain_step * m;
         p = p - step;
     }
 };

@@ -11,10 +11,11 @@ struct SGD {
 
     // Host order of the per-step scalars: lr, momentum, 1 - dampening, first_step.
     template <class T> struct Scalars {
-        T lr, momentum, one_minus_dampening;
-        bool first_step;  // the buffer is (re)started from the gradient, as torch does
+        // first_step (1 or 0): the buffer starts from the gradient, as torch does. A float, not a
+        // bool, for the reason given at prologue_grad.
+        T lr, momentum, one_minus_dampening, first_step;
         explicit Scalars(const double* k)
-            : lr(T(k[0])), momentum(T(k[1])), one_minus_dampening(T(k[2])), first_step(k[3] != 0) {}
+            : lr(T(k[0])), momentum(T(k[1])), one_minus_dampening(T(k[2])), first_step(T(k[3])) {}
     };
 
     // buf is torch's momentum_buffer; in the velocity forms it holds the textbook velocity
@@ -24,12 +25,12 @@ struct SGD {
         if (V == kPlain) {
             p = p - k.lr * g;
         } else if (V == kMomentum || V == kNesterov) {
-            buf = k.first_step ? g : k.momentum * buf + k.one_minus_dampening * g;
+            buf = k.first_step != T(0) ? g : k.momentum * buf + k.one_minus_dampening * g;
             T direction = V == kNesterov ? g + k.momentum * buf : buf;
             p = p - k.lr * direction;
         } else {
             T step = k.lr * g;
-            buf = k.first_step ? -step : k.momentum * buf - step;
+            buf = k.first_step != T(0) ? -step : k.momentum * buf - step;
             p = p + (V == kVelocityNesterov ? k.momentum * buf - step : buf);
         }
     }

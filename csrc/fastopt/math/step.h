@@ -6,11 +6,11 @@
 namespace fastopt {
 
 // The shared prologue of ALGORITHMS.md in the compute type. grad_scale carries the maximize sign,
-// 1 / loss_scale and the clip factor; decay_factor is 1 - lr * weight_decay in decoupled mode
-// and exactly 1 otherwise.
+// 1 / loss_scale and the clip factor. Coupled L2 decay applies when weight_decay is nonzero (the
+// host passes 0 in decoupled mode); decay_factor is 1 - lr * weight_decay in decoupled mode and
+// exactly 1 otherwise.
 template <class T> struct Prologue {
     T grad_scale, weight_decay, decay_factor;
-    bool coupled_decay;
 };
 
 template <class P> struct is_half { static constexpr bool value = false; };
@@ -34,7 +34,7 @@ FASTOPT_HD void step_element(int64_t i, P* __restrict__ param, const G* __restri
     if constexpr (num_states > 2) c = load_as<C>(s2[i]);
 
     p = p * pro.decay_factor;
-    C g = prologue_grad(load_as<C>(grad[i]), p, pro.grad_scale, pro.weight_decay, pro.coupled_decay);
+    C g = prologue_grad(load_as<C>(grad[i]), p, pro.grad_scale, pro.weight_decay);
     Rule::template update<V>(p, g, a, b, c, k);
 
     if constexpr (has_master) master[i] = float(p);

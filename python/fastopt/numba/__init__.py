@@ -19,7 +19,7 @@ def _storage(a, code):
 
 
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor, coupled_decay):
+                   scalars, grad_scale, weight_decay, decay_factor):
     compute = np.float64 if param_code == CODE_FLOAT64 else np.float32
     k = np.array(scalars, dtype=compute)
     # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
@@ -30,7 +30,7 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
         state_arrays.append(empty_state)
     master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
     _kernel(rule)(variant, len(states), _storage(param, param_code), _storage(grad, grad_code),
-                  master_flat, *state_arrays, k, pro, bool(coupled_decay), param_code, grad_code, state_code)
+                  master_flat, *state_arrays, k, pro, param_code, grad_code, state_code)
 
 
 @njit(inline="always")

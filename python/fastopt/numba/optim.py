@@ -10,7 +10,7 @@ _CACHE = {}
 
 def _make_kernel(update):
     @njit(parallel=True)
-    def kernel(variant, num_states, param, grad, master, s0, s1, s2, k, pro, coupled,
+    def kernel(variant, num_states, param, grad, master, s0, s1, s2, k, pro,
                param_code, grad_code, state_code):
         has_master = master.size > 0
         zero = pro[3]
@@ -21,7 +21,7 @@ def _make_kernel(update):
             c = widen(s2[i], state_code) if num_states > 2 else zero
             p = p * pro[2]
             g = widen(grad[i], grad_code) * pro[0]
-            if coupled:
+            if pro[1] != zero:  # coupled L2 decay (zero in decoupled mode)
                 g = g + pro[1] * p
             p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
             if has_master:
