@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/dispatch.h"
+#include "fastopt/math/all.h"
 
 namespace py = pybind11;
 using namespace fastopt::cpu;
@@ -71,6 +72,13 @@ PYBIND11_MODULE(_cpu, m) {
         for (Isa isa : {Isa::kBaseline, Isa::kV3, Isa::kV4})
             if (name == isa_name(isa)) return select_isa(isa);
         throw std::invalid_argument("unknown ISA level '" + name + "'");
+    });
+    m.def("num_variants", [] {
+        std::vector<int> counts;
+#define FASTOPT_COUNT(rule, id) counts.push_back(fastopt::rule::kNumVariants);
+        FASTOPT_FOR_EACH_OPTIMIZER(FASTOPT_COUNT)
+#undef FASTOPT_COUNT
+        return counts;
     });
     register_batchnorm(m);
     register_bench(m);

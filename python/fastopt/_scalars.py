@@ -10,6 +10,8 @@ import math
 SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMAX, NADAM, RADAM, LION = range(9)
 RULE_NAMES = ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "Adamax", "NAdam", "RAdam", "Lion")
 
+# Compile-time variants of each rule, by rule id (kNumVariants in the headers; a test checks).
+NUM_VARIANTS = (5, 1, 6, 1, 2, 1, 1, 1, 1)
 # Variant numbers of the rules that have several (see the headers).
 SGD_PLAIN, SGD_MOMENTUM, SGD_NESTEROV, SGD_VELOCITY, SGD_VELOCITY_NESTEROV = range(5)
 RMSPROP_CENTERED, RMSPROP_MOMENTUM, RMSPROP_NESTEROV = 1, 2, 4

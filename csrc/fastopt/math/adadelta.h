@@ -7,12 +7,12 @@ namespace fastopt {
 
 struct Adadelta {
     static constexpr int kNumVariants = 1;
-    static constexpr int num_states(int) { return 2; }
+    FASTOPT_HD static constexpr int num_states(int) { return 2; }
 
     // Host order: lr, rho, 1 - rho, eps.
     template <class T> struct Scalars {
         T lr, rho, one_minus_rho, eps;
-        explicit Scalars(const double* k) : lr(T(k[0])), rho(T(k[1])), one_minus_rho(T(k[2])), eps(T(k[3])) {}
+        FASTOPT_HD explicit Scalars(const double* k) : lr(T(k[0])), rho(T(k[1])), one_minus_rho(T(k[2])), eps(T(k[3])) {}
     };
 
     // States: square_avg, acc_delta.

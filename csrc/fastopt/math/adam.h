@@ -9,12 +9,12 @@ namespace fastopt {
 struct Adam {
     static constexpr int kAmsgrad = 1;
     static constexpr int kNumVariants = 2;
-    static constexpr int num_states(int v) { return v == kAmsgrad ? 3 : 2; }
+    FASTOPT_HD static constexpr int num_states(int v) { return v == kAmsgrad ? 3 : 2; }
 
     // Host order: beta1, 1 - beta1, beta2, 1 - beta2, step_size = lr / bc1, sqrt(bc2), eps.
     template <class T> struct Scalars {
         T beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : beta1(T(k[0])), one_minus_beta1(T(k[1])), beta2(T(k[2])), one_minus_beta2(T(k[3])),
               step_size(T(k[4])), bc2_sqrt(T(k[5])), eps(T(k[6])) {}
     };

@@ -7,12 +7,12 @@ namespace fastopt {
 
 struct Adamax {
     static constexpr int kNumVariants = 1;
-    static constexpr int num_states(int) { return 2; }
+    FASTOPT_HD static constexpr int num_states(int) { return 2; }
 
     // Host order: beta1, 1 - beta1, beta2, clr = lr / (1 - beta1^t), eps.
     template <class T> struct Scalars {
         T beta1, one_minus_beta1, beta2, clr, eps;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : beta1(T(k[0])), one_minus_beta1(T(k[1])), beta2(T(k[2])), clr(T(k[3])), eps(T(k[4])) {}
     };
 

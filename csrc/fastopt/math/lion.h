@@ -7,12 +7,12 @@ namespace fastopt {
 
 struct Lion {
     static constexpr int kNumVariants = 1;
-    static constexpr int num_states(int) { return 1; }
+    FASTOPT_HD static constexpr int num_states(int) { return 1; }
 
     // Host order: lr, beta1, 1 - beta1, beta2, 1 - beta2.
     template <class T> struct Scalars {
         T lr, beta1, one_minus_beta1, beta2, one_minus_beta2;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : lr(T(k[0])), beta1(T(k[1])), one_minus_beta1(T(k[2])), beta2(T(k[3])), one_minus_beta2(T(k[4])) {}
     };
 

@@ -7,13 +7,13 @@ namespace fastopt {
 
 struct NAdam {
     static constexpr int kNumVariants = 1;
-    static constexpr int num_states(int) { return 2; }
+    FASTOPT_HD static constexpr int num_states(int) { return 2; }
 
     // Host order: beta1, 1 - beta1, beta2, 1 - beta2, bc2 = 1 - beta2^t, eps,
     // grad_coef = lr (1 - mu_t) / (1 - mu_product_t), avg_coef = lr mu_{t+1} / (1 - mu_product_t mu_{t+1}).
     template <class T> struct Scalars {
         T beta1, one_minus_beta1, beta2, one_minus_beta2, bc2, eps, grad_coef, avg_coef;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : beta1(T(k[0])), one_minus_beta1(T(k[1])), beta2(T(k[2])), one_minus_beta2(T(k[3])),
               bc2(T(k[4])), eps(T(k[5])), grad_coef(T(k[6])), avg_coef(T(k[7])) {}
     };

@@ -7,7 +7,7 @@ namespace fastopt {
 
 struct RAdam {
     static constexpr int kNumVariants = 1;
-    static constexpr int num_states(int) { return 2; }
+    FASTOPT_HD static constexpr int num_states(int) { return 2; }
 
     // Host order: beta1, 1 - beta1, beta2, 1 - beta2, rectified (0/1),
     // adaptive_step = lr r sqrt(bc2) / bc1, plain_step = lr / bc1, eps.
@@ -15,7 +15,7 @@ struct RAdam {
         T beta1, one_minus_beta1, beta2, one_minus_beta2;
         T rectified;  // 1 or 0; a float for the reason given at prologue_grad
         T adaptive_step, plain_step, eps;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : beta1(T(k[0])), one_minus_beta1(T(k[1])), beta2(T(k[2])), one_minus_beta2(T(k[3])),
               rectified(T(k[4])), adaptive_step(T(k[5])), plain_step(T(k[6])), eps(T(k[7])) {}
     };

@@ -9,12 +9,12 @@ struct RMSprop {
     // Bit 0: centered (keeps grad_avg); bits 1-2: 0 no momentum, 1 momentum, 2 Nesterov momentum.
     static constexpr int kCentered = 1, kMomentum = 2, kNesterov = 4;
     static constexpr int kNumVariants = 6;
-    static constexpr int num_states(int v) { return 1 + (v & kCentered) + ((v & (kMomentum | kNesterov)) ? 1 : 0); }
+    FASTOPT_HD static constexpr int num_states(int v) { return 1 + (v & kCentered) + ((v & (kMomentum | kNesterov)) ? 1 : 0); }
 
     // Host order: lr, alpha, 1 - alpha, eps inside the sqrt, eps outside it, momentum.
     template <class T> struct Scalars {
         T lr, alpha, one_minus_alpha, eps_inside, eps_outside, momentum;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : lr(T(k[0])), alpha(T(k[1])), one_minus_alpha(T(k[2])), eps_inside(T(k[3])),
               eps_outside(T(k[4])), momentum(T(k[5])) {}
     };

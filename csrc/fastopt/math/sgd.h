@@ -7,14 +7,14 @@ namespace fastopt {
 struct SGD {
     enum Variant { kPlain = 0, kMomentum = 1, kNesterov = 2, kVelocity = 3, kVelocityNesterov = 4 };
     static constexpr int kNumVariants = 5;
-    static constexpr int num_states(int variant) { return variant == kPlain ? 0 : 1; }
+    FASTOPT_HD static constexpr int num_states(int variant) { return variant == kPlain ? 0 : 1; }
 
     // Host order of the per-step scalars: lr, momentum, 1 - dampening, first_step.
     template <class T> struct Scalars {
         // first_step (1 or 0): the buffer starts from the gradient, as torch does. A float, not a
         // bool, for the reason given at prologue_grad.
         T lr, momentum, one_minus_dampening, first_step;
-        explicit Scalars(const double* k)
+        FASTOPT_HD explicit Scalars(const double* k)
             : lr(T(k[0])), momentum(T(k[1])), one_minus_dampening(T(k[2])), first_step(T(k[3])) {}
     };
 

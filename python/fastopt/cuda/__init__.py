@@ -1,0 +1,107 @@
+"""The CUDA backend: the optimizer kernels of fastopt/math driven over CuPy arrays.
+
+Kernels come from kernels.cu, compiled by NVRTC through CuPy at first use (one template
+instantiation per rule, variant and dtype combination) and cached by CuPy on disk. The entry
+points have the signatures of the compiled CPU extension's (csrc/bindings.cpp).
+
+What is verified without a GPU: every instantiation this module can request compiles with NVRTC
+for compute_75, compute_80 and compute_90 with the production options
+(tests/test_nvrtc_compile.py, in CI). What needs a GPU: running the kernels and comparing them with
+the CPU backend (tests/test_cuda.py, which runs wherever cupy.is_available()).
+"""
+import functools
+
+import numpy as np
+
+from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
+from .._scalars import NUM_VARIANTS, RULE_NAMES
+from ._loader import kernel
+
+SOURCE = "kernels.cu"
+NUM_RULE_SCALARS = 8  # the kernel's k0..k7
+THREADS = 256
+VEC = 4  # kVec in kernels.cu
+
+_CXX_TYPES = {CODE_FLOAT32: "float", CODE_FLOAT64: "double", CODE_FLOAT16: "fastopt::f16_t",
+              CODE_BFLOAT16: "fastopt::bf16_t"}
+
+
+def step_kernel_name(rule, variant, param_code, grad_code, state_code):
+    """The name expression of one instantiation of optimizer_step_kernel."""
+    compute = "double" if param_code == CODE_FLOAT64 else "float"
+    types = ", ".join(_CXX_TYPES[c] for c in (param_code, grad_code, state_code))
+    return f"optimizer_step_kernel<fastopt::{RULE_NAMES[rule]}, {variant}, {compute}, {types}>"
+
+
+def norm_kernel_name(code):
+    return f"sum_of_squares_kernel<{_CXX_TYPES[code]}>"
+
+
+def supported_type_combinations():
+    """(param, grad, state) codes the kernels are instantiated for: those of the CPU kernels."""
+    combos = [(CODE_FLOAT64, CODE_FLOAT64, CODE_FLOAT64),
+              (CODE_FLOAT32, CODE_FLOAT32, CODE_FLOAT32), (CODE_FLOAT32, CODE_FLOAT32, CODE_BFLOAT16)]
+    for half in (CODE_FLOAT16, CODE_BFLOAT16):
+        for grad in (half, CODE_FLOAT32):
+            for state in (CODE_FLOAT32, CODE_BFLOAT16):
+                combos.append((half, grad, state))
+    return combos
+
+
+def all_kernel_names():
+    """Every name expression this module can request (the NVRTC compile check builds them all)."""
+    names = [step_kernel_name(rule, v, *codes)
+             for rule in range(len(RULE_NAMES)) for v in range(NUM_VARIANTS[rule])
+             for codes in supported_type_combinations()]
+    names += [norm_kernel_name(c) for c in _CXX_TYPES]
+    names.append("sum_partials_kernel")
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def _max_blocks():
+    import cupy
+
+    return cupy.cuda.Device().attributes["MultiProcessorCount"] * 8
+
+
+def _aligned(arrays):
+    return all(a.data.ptr % (a.itemsize * VEC) == 0 for a in arrays)
+
+
+def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
+                   scalars, grad_scale, weight_decay, decay_factor):
+    n = param.size
+    if n == 0:
+        return
+    fn = kernel(SOURCE, step_kernel_name(rule, variant, param_code, grad_code, state_code))
+    used = [param, grad] + list(states) + ([master] if master is not None else [])
+    # Unused pointer slots get param's pointer: the kernel never dereferences them.
+    slots = list(states) + [param] * (3 - len(states))
+    k = list(scalars) + [0.0] * (NUM_RULE_SCALARS - len(scalars))
+    blocks = int(min(_max_blocks(), -(-n // (THREADS * VEC))))
+    fn((blocks,), (THREADS,),
+       (param, grad, master if master is not None else param, *slots, np.int64(n), np.bool_(_aligned(used)),
+        np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), *map(np.float64, k)))
+
+
+def _norm_blocks(n):
+    """A function of n alone, so the summation order, and the result, depend on n only."""
+    return int(max(1, min(1024, -(-n // (THREADS * 16)))))
+
+
+def sum_of_squares(code, x):
+    import cupy
+
+    n = x.size
+    if n == 0:
+        return 0.0
+    blocks = _norm_blocks(n)
+    partial = cupy.empty(blocks, dtype=cupy.float64)
+    out = cupy.empty(1, dtype=cupy.float64)
+    kernel(SOURCE, norm_kernel_name(code))((blocks,), (THREADS,), (x, np.int64(n), partial))
+    kernel(SOURCE, "sum_partials_kernel")((1,), (32,), (partial, np.int32(blocks), out))
+    return float(out.get()[0])
+
+
+__all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name"]

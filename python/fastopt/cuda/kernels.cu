@@ -1,0 +1,102 @@
+// CUDA drivers of the optimizer rules and the gradient norm. The per-element maths is the same
+// header code the CPU kernels compile (fastopt/math); only the walk over indices is here.
+// Compiled by NVRTC through CuPy (fastopt/cuda/_nvrtc.py has the options, --fmad=false).
+#include "fastopt/math/all.h"
+
+namespace {
+
+// VEC consecutive elements of type T, aligned to their size: the compiler emits one vector load
+// (two for 32-byte double packs, the widest load being 16 bytes).
+template <class T, int VEC> struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
+
+template <class T, int VEC>
+__device__ __forceinline__ Pack<T, VEC> load_pack(const T* base, long long group) {
+    return reinterpret_cast<const Pack<T, VEC>*>(base)[group];
+}
+
+template <class T, int VEC>
+__device__ __forceinline__ void store_pack(T* base, long long group, const Pack<T, VEC>& pack) {
+    reinterpret_cast<Pack<T, VEC>*>(base)[group] = pack;
+}
+
+}  // namespace
+
+constexpr int kVec = 4;
+
+// One step of `Rule` (variant V) over n elements: when every pointer is aligned to its pack size
+// (`aligned`), threads take packs of kVec elements and the tail goes element by element; else
+// every element is taken alone. Scalars arrive as doubles in the rule's documented order and are
+// rounded to the compute type C here, as on the host. Unused state pointers are never read.
+template <class Rule, int V, class C, class P, class G, class S>
+__global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict__ grad,
+                                      float* __restrict__ master, S* __restrict__ s0,
+                                      S* __restrict__ s1, S* __restrict__ s2, long long n,
+                                      bool aligned, double grad_scale, double weight_decay,
+                                      double decay_factor, double k0, double k1, double k2,
+                                      double k3, double k4, double k5, double k6, double k7) {
+    using namespace fastopt;
+    const double host_scalars[8] = {k0, k1, k2, k3, k4, k5, k6, k7};
+    const typename Rule::template Scalars<C> k(host_scalars);
+    const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor)};
+    constexpr int num_states = Rule::num_states(V);
+    constexpr bool has_master = is_half<P>::value;
+
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long done = 0;
+    if (aligned) {
+        const long long groups = n / kVec;
+        for (long long g = first; g < groups; g += stride) {
+            Pack<P, kVec> p = load_pack<P, kVec>(param, g);
+            Pack<G, kVec> gr = load_pack<G, kVec>(grad, g);
+            Pack<float, kVec> m;
+            Pack<S, kVec> a, b, c;
+            if constexpr (has_master) m = load_pack<float, kVec>(master, g);
+            if constexpr (num_states > 0) a = load_pack<S, kVec>(s0, g);
+            if constexpr (num_states > 1) b = load_pack<S, kVec>(s1, g);
+            if constexpr (num_states > 2) c = load_pack<S, kVec>(s2, g);
+#pragma unroll
+            for (int j = 0; j < kVec; ++j)
+                step_element<Rule, V, C>(j, p.v, gr.v, m.v, a.v, b.v, c.v, pro, k);
+            store_pack<P, kVec>(param, g, p);
+            if constexpr (has_master) store_pack<float, kVec>(master, g, m);
+            if constexpr (num_states > 0) store_pack<S, kVec>(s0, g, a);
+            if constexpr (num_states > 1) store_pack<S, kVec>(s1, g, b);
+            if constexpr (num_states > 2) store_pack<S, kVec>(s2, g, c);
+        }
+        done = groups * kVec;
+    }
+    for (long long i = done + first; i < n; i += stride)
+        step_element<Rule, V, C>(i, param, grad, master, s0, s1, s2, pro, k);
+}
+
+// Sum of squares in float64, in an order fixed by n alone (the grid size is a function of n):
+// each thread sums a grid-stride sequence, warps reduce with shuffles in a fixed tree, and
+// block sums are written to `partial`; sum_partials adds those in one block, in a fixed order.
+template <class T>
+__global__ void sum_of_squares_kernel(const T* __restrict__ x, long long n, double* __restrict__ partial) {
+    __shared__ double warp_sums[32];
+    double acc = 0.0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        double v = fastopt::load_as<double>(x[i]);
+        acc += v * v;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < (int)(blockDim.x / 32) ? warp_sums[lane] : 0.0;
+        for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+        if (lane == 0) partial[blockIdx.x] = acc;
+    }
+}
+
+__global__ void sum_partials_kernel(const double* __restrict__ partial, int count, double* __restrict__ out) {
+    // One warp: lanes take fixed strided slices, then a fixed shuffle tree.
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < count; i += 32) acc += partial[i];
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if (threadIdx.x == 0) *out = acc;
+}

@@ -1,0 +1,101 @@
+"""The CUDA backend against the CPU backend, on a CUDA device (skipped elsewhere, with the reason).
+
+Both backends compile the same per-element code (fastopt/math) in the same compute type, without
+FMA contraction (-ffp-contract=off / --fmad=false) and with correctly rounded sqrt and division
+(NVRTC's defaults --prec-sqrt/--prec-div), so each element goes through the same IEEE operations
+in the same order: the results must agree bit for bit."""
+import numpy as np
+import pytest
+
+import fastopt
+from conftest import random_arrays
+
+cuda_info = fastopt.backends()["cuda"]
+if not cuda_info["available"]:
+    pytest.skip(f"CUDA backend unavailable: {cuda_info['reason']}", allow_module_level=True)
+if not fastopt.backends()["cpu"]["available"]:
+    pytest.skip("the compiled CPU backend is the reference here", allow_module_level=True)
+
+import cupy  # noqa: E402
+
+from test_optimizers import CASES, CASE_IDS  # noqa: E402
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+
+def _on_device(host, offset):
+    """A device copy of `host`, starting `offset` elements into a larger buffer (misaligned if 1)."""
+    buf = cupy.zeros(host.size + offset, dtype=host.dtype if host.dtype != ml_dtypes.bfloat16 else np.uint16)
+    view = buf[offset:]
+    view[...] = cupy.asarray(host.view(np.uint16) if host.dtype == ml_dtypes.bfloat16 else host)
+    return view
+
+
+def _steps(cls, kwargs, param, grads, backend, xp_param=None, **options):
+    target = param if xp_param is None else xp_param
+    opt = cls(target, backend=backend, **kwargs, **options)
+    for g in grads:
+        opt.step(g)
+    return opt
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 1031, 100003])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_matches_cpu_bitwise(case, dtype, n, offset):
+    _, cls, kwargs = CASES[case]
+    param, grads = random_arrays(n, dtype, 30, 12)
+    d_param = _on_device(param, offset)
+    d_grads = [_on_device(g, offset) for g in grads]
+    _steps(cls, kwargs, param, grads, "cpu")
+    _steps(cls, kwargs, d_param, d_grads, "cuda")
+    np.testing.assert_array_equal(cupy.asnumpy(d_param).view(np.uint8), param.view(np.uint8))
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_half_master_weights_match_cpu_bitwise(half, offset):
+    host_dtype = np.float16 if half == "float16" else ml_dtypes.bfloat16
+    param32, grads32 = random_arrays(1031, np.float32, 31, 12)
+    param = param32.astype(host_dtype)
+    grads = [g.astype(host_dtype) for g in grads32]
+    d_param = _on_device(param, offset)
+    d_grads = [_on_device(g, offset) for g in grads]
+    cpu = fastopt.Adam(param, lr=0.01, master_weights=True, backend="cpu")
+    gpu = fastopt.Adam(d_param, lr=0.01, master_weights=True, param_dtype=half, backend="cuda")
+    for g, dg in zip(grads, d_grads):
+        cpu.step(g)
+        gpu.step(dg, grad_dtype=half)
+    np.testing.assert_array_equal(cupy.asnumpy(d_param).view(np.uint16), param.view(np.uint16))
+    np.testing.assert_array_equal(cupy.asnumpy(gpu.state["master_weights"]), cpu.state["master_weights"])
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8193, 1000003])
+def test_grad_norm_matches_cpu(n):
+    g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    expected = fastopt.grad_norm(g, backend="cpu")
+    got = fastopt.grad_norm(cupy.asarray(g))
+    # float64 sums of exact float32 squares in a different order: summation rounding only.
+    assert got == pytest.approx(expected, rel=1e-12, abs=0)
+    assert got == fastopt.grad_norm(cupy.asarray(g))  # the order depends on n alone
+
+
+def test_fused_clip_and_skip_on_device():
+    param, grads = random_arrays(4099, np.float32, 32, 3)
+    d_param = cupy.asarray(param)
+    cpu = fastopt.Adam(param, lr=0.01, backend="cpu")
+    gpu = fastopt.Adam(d_param, lr=0.01)
+    for g in grads:
+        assert gpu.step(cupy.asarray(g), max_grad_norm=1.0) == pytest.approx(cpu.step(g, max_grad_norm=1.0), rel=1e-12)
+    bad = cupy.asarray(grads[0]).copy()
+    bad[5] = np.nan
+    before = d_param.copy()
+    gpu.step(bad, skip_nonfinite=True)
+    assert gpu.last_step_skipped
+    assert bool((d_param == before).all())
+
+
+def test_mixing_numpy_and_cupy_is_a_type_error():
+    with pytest.raises(TypeError, match="mix"):
+        fastopt.functional.sgd(cupy.zeros(4, np.float32), np.zeros(4, np.float32), lr=0.1)

@@ -1,0 +1,40 @@
+"""Every CUDA kernel instantiation the CUDA backend can request compiles with NVRTC, for every
+target architecture, with the production options; no GPU is needed."""
+import re
+
+import pytest
+
+import fastopt.cuda as cuda_backend
+from fastopt import _scalars
+from fastopt.cuda import _nvrtc
+
+try:
+    _nvrtc._load_nvrtc()
+except OSError as exc:  # pragma: no cover - the test extras install NVRTC
+    pytest.skip(f"NVRTC not available: {exc}", allow_module_level=True)
+
+
+@pytest.mark.parametrize("arch", _nvrtc.TARGET_ARCHS)
+def test_every_optimizer_kernel_compiles(arch):
+    log = _nvrtc.compile_check("kernels.cu", cuda_backend.all_kernel_names(), arch)
+    assert "warning" not in log.lower(), log
+
+
+def test_kernels_do_not_spill_on_hopper():
+    """SASS for sm_90: ptxas reports registers and spills of every kernel; none may spill."""
+    log = _nvrtc.compile_check("kernels.cu", cuda_backend.all_kernel_names(), "sm_90",
+                               ["--ptxas-options=-v"])
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) == len(cuda_backend.all_kernel_names())
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), log
+
+
+def test_compile_failure_is_reported_with_the_log():
+    with pytest.raises(_nvrtc.NvrtcError, match="optimizer_step_kernel|no instance|error"):
+        _nvrtc.compile_check("kernels.cu", ["optimizer_step_kernel<fastopt::Adam, 0, float, int, int, int>"],
+                             "compute_80")
+
+
+def test_variant_counts_match_the_headers():
+    cpu = pytest.importorskip("fastopt._cpu")
+    assert tuple(cpu.num_variants()) == _scalars.NUM_VARIANTS
