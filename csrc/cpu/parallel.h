@@ -19,6 +19,12 @@ inline int threads_for(int64_t n, int requested) {
     return int(std::min<int64_t>(requested, std::max<int64_t>(1, useful)));
 }
 
+// Elements per thread: an even split rounded up to a multiple of kChunkAlign (64-bit throughout).
+inline int64_t chunk_size(int64_t n, int nthreads) {
+    int64_t per_thread = (n + nthreads - 1) / nthreads;
+    return (per_thread + kChunkAlign - 1) / kChunkAlign * kChunkAlign;
+}
+
 // Calls body(lo, hi) on contiguous, aligned, disjoint ranges covering [0, n): one range per thread.
 template <class Body>
 void parallel_ranges(int64_t n, int requested_threads, Body&& body) {
@@ -27,8 +33,7 @@ void parallel_ranges(int64_t n, int requested_threads, Body&& body) {
         body(int64_t(0), n);
         return;
     }
-    int64_t per_thread = (n + nthreads - 1) / nthreads;
-    per_thread = (per_thread + kChunkAlign - 1) / kChunkAlign * kChunkAlign;
+    const int64_t per_thread = chunk_size(n, nthreads);
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t lo = std::min<int64_t>(n, int64_t(omp_get_thread_num()) * per_thread);

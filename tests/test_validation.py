@@ -1,0 +1,303 @@
+"""Bad input raises ValueError or TypeError naming the argument, before anything is written:
+every array passed to a failing call is bit-identical afterwards."""
+import math
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import functional as F
+
+N = 37
+
+
+def fresh(n=N, dtype=np.float32, count=4):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+class FakeCupyArray:
+    """Stands for a CuPy array (array_kind looks at the type's module) in a machine without CuPy."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, n):
+        self.size, self.dtype, self.nbytes = n, np.dtype(np.float32), 4 * n
+
+
+def adam_call(p, g, m, v, vmax=None, **overrides):
+    kwargs = dict(step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    kwargs.update(overrides)
+    return lambda: F.adam(p, g, m, v, vmax, **kwargs)
+
+
+def _cases():
+    """(id, builder) pairs; a builder returns (call, arrays the call must leave untouched, error, match)."""
+    cases = []
+
+    def case(name, error, match):
+        def register(builder):
+            cases.append(pytest.param(builder, error, match, id=name))
+            return builder
+        return register
+
+    @case("param-not-an-array", TypeError, "param must be a NumPy or CuPy array")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(list(p), g, m, v, backend=backend), [g, m, v]
+
+    @case("grad-size", ValueError, "grad has 36 elements but param has 37")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g[:-1], m, v, backend=backend), [p, g, m, v]
+
+    @case("grad-dtype", TypeError, "grad must have param's dtype float32")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g.astype(np.float64), m, v, backend=backend), [p, m, v]
+
+    @case("param-int", TypeError, "param has dtype int32")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p.astype(np.int32), g, m, v, backend=backend), [g, m, v]
+
+    @case("param-strided", TypeError, "param must be C-contiguous")
+    def _(backend):
+        big, g, m, v = fresh(2 * N)
+        return adam_call(big[::2], g[:N], m[:N], v[:N], backend=backend), [big, g, m, v]
+
+    @case("param-read-only", TypeError, "param is read-only")
+    def _(backend):
+        p, g, m, v = fresh()
+        p.flags.writeable = False
+        return adam_call(p, g, m, v, backend=backend), [p, g, m, v]
+
+    @case("state-read-only", TypeError, "exp_avg is read-only")
+    def _(backend):
+        p, g, m, v = fresh()
+        m.flags.writeable = False
+        return adam_call(p, g, m, v, backend=backend), [p, g, m, v]
+
+    @case("state-size", ValueError, "exp_avg_sq has 36 elements but param has 37")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, v[:-1], backend=backend), [p, g, m, v]
+
+    @case("state-dtype", TypeError, "exp_avg must be float32 or bfloat16")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m.astype(np.float64), v, backend=backend), [p, g, v]
+
+    @case("state-dtypes-differ", TypeError, "all state arrays share one dtype")
+    def _(backend):
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, v.astype(ml_dtypes.bfloat16), backend=backend), [p, g, m]
+
+    @case("param-is-state", TypeError, "share memory")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, p, v, backend=backend), [p, g, v]
+
+    @case("states-overlap", TypeError, "share memory")
+    def _(backend):
+        buf, g, p, _ = fresh(2 * N)
+        return adam_call(p[:N], g[:N], buf[:N], buf[N // 2:N // 2 + N], backend=backend), [buf, g, p]
+
+    @case("grad-is-state", TypeError, "share memory")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, m, m, v, backend=backend), [p, m, v]
+
+    @case("amsgrad-without-buffer", TypeError, "max_exp_avg_sq is required")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, v, amsgrad=True, backend=backend), [p, g, m, v]
+
+    for value, error, match in [(-1.0, ValueError, "Invalid lr: -1.0"), (math.nan, ValueError, "lr must not be NaN"),
+                                (math.inf, ValueError, "Invalid lr: inf"), ("0.1", TypeError, "lr must be a real number")]:
+        @case(f"lr-{value}", error, match)
+        def _(backend, value=value):
+            p, g, m, v = fresh()
+            return adam_call(p, g, m, v, lr=value, backend=backend), [p, g, m, v]
+
+    for name, value, match in [("beta1", 1.0, "beta1"), ("beta1", -0.1, "beta1"), ("beta2", math.nan, "beta2"),
+                               ("eps", 0.0, "Invalid eps"), ("eps", -1e-8, "Invalid eps"),
+                               ("weight_decay", -0.1, "Invalid weight_decay"), ("weight_decay", math.nan, "weight_decay"),
+                               ("grad_scale", 0.0, "Invalid grad_scale"), ("grad_scale", math.inf, "Invalid grad_scale"),
+                               ("max_grad_norm", 0.0, "Invalid max_grad_norm")]:
+        @case(f"{name}-{value}", ValueError, match)
+        def _(backend, name=name, value=value):
+            p, g, m, v = fresh()
+            return adam_call(p, g, m, v, backend=backend, **{name: value}), [p, g, m, v]
+
+    for step, error in [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)]:
+        @case(f"step-{step}", error, "step must be")
+        def _(backend, step=step):
+            p, g, m, v = fresh()
+            return adam_call(p, g, m, v, step=step, backend=backend), [p, g, m, v]
+
+    @case("sgd-negative-momentum", ValueError, "Invalid momentum")
+    def _(backend):
+        p, g, buf, _ = fresh()
+        return (lambda: F.sgd(p, g, buf, lr=0.1, momentum=-0.5, step=1, backend=backend)), [p, g, buf]
+
+    @case("sgd-nesterov-without-momentum", ValueError, "Nesterov momentum requires a momentum")
+    def _(backend):
+        p, g, buf, _ = fresh()
+        return (lambda: F.sgd(p, g, buf, lr=0.1, nesterov=True, backend=backend)), [p, g, buf]
+
+    @case("sgd-momentum-without-step", TypeError, "step is required with momentum")
+    def _(backend):
+        p, g, buf, _ = fresh()
+        return (lambda: F.sgd(p, g, buf, lr=0.1, momentum=0.9, backend=backend)), [p, g, buf]
+
+    @case("rmsprop-centered-without-grad-avg", TypeError, "grad_avg is required")
+    def _(backend):
+        p, g, sq, _ = fresh()
+        return (lambda: F.rmsprop(p, g, sq, centered=True, backend=backend)), [p, g, sq]
+
+    @case("rmsprop-alpha", ValueError, "Invalid alpha")
+    def _(backend):
+        p, g, sq, _ = fresh()
+        return (lambda: F.rmsprop(p, g, sq, alpha=1.5, backend=backend)), [p, g, sq]
+
+    @case("half-without-master", TypeError, "needs float32 master weights")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p.astype(np.float16), g.astype(np.float16), m, v, backend=backend), [g, m, v]
+
+    @case("master-dtype", TypeError, "master_weights must be float32")
+    def _(backend):
+        p, g, m, v = fresh()
+        p16, g16 = p.astype(np.float16), g.astype(np.float16)
+        return adam_call(p16, g16, m, v, master_weights=p.astype(np.float64), backend=backend), [p16, g16, m, v]
+
+    @case("master-for-float32", TypeError, "master_weights is only for float16")
+    def _(backend):
+        p, g, m, v = fresh()
+        master = p.copy()
+        return adam_call(p, g, m, v, master_weights=master, backend=backend), [p, g, m, v, master]
+
+    @case("numpy-and-cupy-mixed", TypeError, "cannot mix NumPy and CuPy")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, FakeCupyArray(N), m, v, backend=backend), [p, m, v]
+
+    @case("nadam-mu-product", TypeError, "mu_product must be")
+    def _(backend):
+        p, g, m, v = fresh()
+        return (lambda: F.nadam(p, g, m, v, 1.0, step=1, backend=backend)), [p, g, m, v]
+
+    @case("backend-name", ValueError, "backend must be one of")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, v, backend="gpu"), [p, g, m, v]
+
+    @case("cuda-for-numpy", TypeError, "computes on cupy arrays")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, v, backend="cuda"), [p, g, m, v]
+
+    return cases
+
+
+@pytest.mark.parametrize("builder, error, match", _cases())
+def test_bad_input_raises_and_writes_nothing(backend, builder, error, match):
+    call, arrays = builder(backend)
+    before = [a.copy() for a in arrays]
+    with pytest.raises(error, match=match):
+        call()
+    for old, new in zip(before, arrays):
+        np.testing.assert_array_equal(old.view(np.uint8), new.view(np.uint8))
+
+
+# ---- the stateful classes ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (fastopt.Adam, dict(lr=-1), "lr"), (fastopt.Adam, dict(betas=(0.9, 1.0)), "betas"),
+    (fastopt.Adam, dict(betas=(0.9,)), "betas"), (fastopt.AdamW, dict(eps=0), "eps"),
+    (fastopt.SGD, dict(momentum=-1), "momentum"), (fastopt.SGD, dict(nesterov=True), "Nesterov"),
+    (fastopt.SGD, dict(momentum=0.9, dampening=0.5, velocity_form=True), "velocity_form"),
+    (fastopt.RMSprop, dict(nesterov=True), "nesterov"), (fastopt.Adagrad, dict(lr_decay=-1), "lr_decay"),
+    (fastopt.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
+    (fastopt.Adadelta, dict(rho=1.5), "rho"), (fastopt.NAdam, dict(momentum_decay=-1), "momentum_decay"),
+    (fastopt.Lion, dict(betas=(1.1, 0.9)), "betas"),
+])
+def test_constructor_rejects_bad_hyperparameters(cls, kwargs, match):
+    p = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match=match):
+        cls(p, **kwargs)
+    assert np.all(p == 1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(master_weights=True), "master_weights"), (dict(state_dtype="float16"), "state_dtype"),
+])
+def test_constructor_rejects_bad_options(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        fastopt.Adam(np.ones(8, np.float32), **kwargs)
+
+
+def test_class_step_rejects_bad_grad_and_writes_nothing(backend):
+    p = np.ones(16, np.float32)
+    opt = fastopt.Adam(p, lr=0.1, backend=backend)
+    opt.step(np.ones(16, np.float32))
+    snapshot = opt.state_dict()
+    p_before = p.copy()
+    for bad, error in [(np.ones(15, np.float32), ValueError), (np.ones(16, np.float64), TypeError),
+                       (opt.state["exp_avg"], TypeError), (np.ones(32, np.float32)[::2], TypeError)]:
+        with pytest.raises(error):
+            opt.step(bad)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        opt.step(np.ones(16, np.float32), max_grad_norm=-1.0)
+    np.testing.assert_array_equal(p, p_before)
+    assert opt.state["step"] == snapshot["state"]["step"] == 1
+    np.testing.assert_array_equal(opt.state["exp_avg"], snapshot["state"]["exp_avg"])
+
+
+def test_bad_attribute_assignment_keeps_the_old_value():
+    opt = fastopt.RMSprop(np.ones(4, np.float32), lr=0.01)
+    for name, value in [("lr", math.nan), ("alpha", 2.0), ("eps", -1.0), ("momentum", -0.1)]:
+        old = getattr(opt, name)
+        with pytest.raises(ValueError):
+            setattr(opt, name, value)
+        assert getattr(opt, name) == old
+
+
+def test_load_state_dict_that_does_not_fit_changes_nothing():
+    p = np.ones(8, np.float32)
+    opt = fastopt.Adam(p, lr=0.1)
+    opt.step(np.ones(8, np.float32))
+    good = opt.state_dict()
+    bad = opt.state_dict()
+    bad["state"]["exp_avg"] = np.zeros(9, np.float32)
+    bad["param_groups"][0]["lr"] = 0.5
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.load_state_dict(bad)
+    assert opt.lr == 0.1
+    np.testing.assert_array_equal(opt.state["exp_avg"], good["state"]["exp_avg"])
+    bad = opt.state_dict()
+    bad["param_groups"][0]["lr"] = -1
+    with pytest.raises(ValueError, match="lr"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="state_dict"):
+        opt.load_state_dict({"state": {}})
+
+
+def test_utilities_validate():
+    with pytest.raises(ValueError, match="num_threads"):
+        fastopt.set_num_threads(0)
+    with pytest.raises(ValueError, match="use_backend"):
+        with fastopt.use_backend("tpu"):
+            pass
+    with pytest.raises(ValueError, match="max_norm"):
+        fastopt.clip_grad_norm_(np.ones(4, np.float32), -1.0)
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="read-only"):
+        fastopt.clip_grad_norm_(ro, 1.0)
+    with pytest.raises(TypeError, match="grad has dtype int64"):
+        fastopt.grad_norm(np.ones(4, np.int64))
+    with pytest.raises(ValueError, match="negative dimension"):
+        fastopt.FlatParams([(3, -1)])
