@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the C++ extension with AddressSanitizer and UndefinedBehaviorSanitizer and runs the tests
+# that exercise it. Any sanitizer report aborts the run (halt_on_error, -fno-sanitize-recover),
+# so this script fails on the first one. Needs the test dependencies in the active Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python}
+build=build/sanitize
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTOPT_SANITIZE=ON \
+  -Dpybind11_DIR="$($py -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v $py)" >/dev/null
+cmake --build "$build" --parallel 2 >/dev/null
+# A copy of the package with the sanitized extension, so the installed one is left alone.
+cp -r python/fastopt "$stage/fastopt"
+rm -f "$stage"/fastopt/_cpu*.so
+cp "$build"/_cpu*.so "$stage/fastopt/"
+mkdir -p "$stage/fastopt/include/fastopt" && cp -r csrc/fastopt/math "$stage/fastopt/include/fastopt/"
+
+asan=$(${CXX:-c++} -print-file-name=libasan.so)
+ubsan=$(${CXX:-c++} -print-file-name=libubsan.so)
+# CPython and NumPy are not instrumented: their allocations are not ours to check for leaks.
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:verify_asan_link_order=0
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export FASTOPT_BACKEND=cpu
+LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" $py -m pytest -q -p no:cacheprovider \
+  tests/test_optimizers.py tests/test_mixed_precision.py tests/test_validation.py \
+  tests/test_concurrency.py tests/test_large_index.py -k "not numba" "$@"
+echo "sanitizers: no reports"
