@@ -2,6 +2,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -11,19 +13,23 @@
 namespace py = pybind11;
 
 void register_internal(py::module_& m) {
-    // The (lo, hi) ranges parallel_ranges hands to each thread for n elements: checks 64-bit
-    // chunking for sizes that cannot be allocated in a test.
+    // The (lo, hi) ranges that parallel_ranges itself hands out for n elements, sorted. The body
+    // only records its range, so sizes far beyond 2**31 are checked without allocating them, and
+    // the split is the one the OpenMP runtime really executes (fewer threads granted included).
     m.def("thread_ranges", [](int64_t n, int threads) {
         std::vector<std::pair<int64_t, int64_t>> ranges;
-        int nthreads = fastopt::cpu::threads_for(n, threads);
-        if (nthreads == 1) return std::vector<std::pair<int64_t, int64_t>>{{0, n}};
-        int64_t per_thread = fastopt::cpu::chunk_size(n, nthreads);
-        for (int t = 0; t < nthreads; ++t) {
-            int64_t lo = std::min<int64_t>(n, t * per_thread), hi = std::min<int64_t>(n, lo + per_thread);
-            ranges.emplace_back(lo, hi);
+        std::mutex lock;
+        {
+            py::gil_scoped_release release;
+            fastopt::cpu::parallel_ranges(n, threads, [&](int64_t lo, int64_t hi) {
+                std::lock_guard<std::mutex> guard(lock);
+                ranges.emplace_back(lo, hi);
+            });
         }
+        std::sort(ranges.begin(), ranges.end());
         return ranges;
     });
+    m.def("threads_for", &fastopt::cpu::threads_for);
     m.attr("parallel_threshold") = fastopt::cpu::kParallelThreshold;
     m.attr("chunk_align") = fastopt::cpu::kChunkAlign;
 }

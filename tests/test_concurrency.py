@@ -1,4 +1,7 @@
 """Kernels release the GIL; optimizers stepped from several threads give the results of a serial run."""
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -101,3 +104,34 @@ def test_kernels_release_the_gil():
     # Five steps take ~5 * one_step; a free-running Python loop does >1e5 iterations per second
     # even on a loaded machine, while a held GIL would allow a handful (one per switch interval).
     assert count > max(100, 1e4 * one_step), (count, one_step)
+
+
+_FEWER_THREADS_SCRIPT = """
+import sys
+import numpy as np
+import fastopt
+from conftest import random_arrays
+
+fastopt.set_num_threads(4)
+p, grads = random_arrays(1_000_003, np.float32, 44, 3)
+opt = fastopt.Adam(p, lr=0.01, backend="cpu")
+for g in grads:
+    opt.step(g)
+np.save(sys.argv[1], p)
+"""
+
+
+def test_every_element_is_stepped_when_the_runtime_grants_fewer_threads(tmp_path):
+    """OMP_THREAD_LIMIT (or OMP_DYNAMIC, or nesting) can give a parallel region fewer threads than
+    asked for; each chunk must still be stepped exactly once."""
+    if not fastopt.backends()["cpu"]["available"]:
+        pytest.skip("the compiled extension is not available")
+    out = tmp_path / "p.npy"
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(fastopt.__path__[0]), os.path.dirname(__file__)]))
+    subprocess.run([sys.executable, "-c", _FEWER_THREADS_SCRIPT, str(out)], env=env, check=True, timeout=300)
+    p, grads = random_arrays(1_000_003, np.float32, 44, 3)
+    opt = fastopt.Adam(p, lr=0.01, backend="cpu")
+    for g in grads:
+        opt.step(g)
+    np.testing.assert_array_equal(np.load(out), p)

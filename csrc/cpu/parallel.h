@@ -36,9 +36,13 @@ void parallel_ranges(int64_t n, int requested_threads, Body&& body) {
     const int64_t per_thread = chunk_size(n, nthreads);
 #pragma omp parallel num_threads(nthreads)
     {
-        int64_t lo = std::min<int64_t>(n, int64_t(omp_get_thread_num()) * per_thread);
-        int64_t hi = std::min<int64_t>(n, lo + per_thread);
-        if (lo < hi) body(lo, hi);
+        // The runtime may grant fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, nesting):
+        // each thread then takes several chunks, so every chunk is still done exactly once.
+        for (int chunk = omp_get_thread_num(); chunk < nthreads; chunk += omp_get_num_threads()) {
+            int64_t lo = std::min<int64_t>(n, int64_t(chunk) * per_thread);
+            int64_t hi = std::min<int64_t>(n, lo + per_thread);
+            if (lo < hi) body(lo, hi);
+        }
     }
 }
 
