@@ -109,6 +109,45 @@ def _cases():
         p, g, m, v = fresh()
         return adam_call(p, m, m, v, backend=backend), [p, m, v]
 
+    @case("grad-misaligned", TypeError, "grad is not aligned")
+    def _(backend):
+        p, g, m, v = fresh()
+        raw = np.zeros(4 * N + 1, np.uint8)
+        g_odd = raw[1:].view(np.float32)  # a float32 view at an odd byte offset
+        g_odd[...] = g
+        return adam_call(p, g_odd, m, v, backend=backend), [p, raw, m, v]
+
+    @case("state-misaligned", TypeError, "exp_avg is not aligned")
+    def _(backend):
+        p, g, m, v = fresh()
+        raw = np.zeros(4 * N + 2, np.uint8)
+        m_odd = raw[2:].view(np.float32)
+        return adam_call(p, g, m_odd, v, backend=backend), [p, g, raw, v]
+
+    @case("param-byte-swapped", TypeError, "param has dtype >f4")
+    def _(backend):
+        p, g, m, v = fresh()
+        p_be = p.astype(">f4")
+        return adam_call(p_be, g.astype(">f4"), m, v, backend=backend), [p_be, m, v]
+
+    @case("master-size", ValueError, "master_weights has 36 elements but param has 37")
+    def _(backend):
+        p, g, m, v = fresh()
+        p16, g16, master = p.astype(np.float16), g.astype(np.float16), p[:-1].copy()
+        return adam_call(p16, g16, m, v, master_weights=master, backend=backend), [p16, g16, m, v, master]
+
+    @case("master-overlaps-state", TypeError, "share memory")
+    def _(backend):
+        p, g, m, v = fresh()
+        p16, g16 = p.astype(np.float16), g.astype(np.float16)
+        return adam_call(p16, g16, m, v, master_weights=m, backend=backend), [p16, g16, m, v]
+
+    @case("nadam-mu-product-aliases-param", TypeError, "param and mu_product share memory")
+    def _(backend):
+        p, g, m, v = (a.astype(np.float64) for a in fresh())
+        p[5] = 1.0  # a valid mu_product value, so only the aliasing is wrong
+        return (lambda: F.nadam(p, g, m, v, p[5:6], step=1, backend=backend)), [p, g, m, v]
+
     @case("amsgrad-without-buffer", TypeError, "max_exp_avg_sq is required")
     def _(backend):
         p, g, m, v = fresh()
@@ -121,7 +160,8 @@ def _cases():
             p, g, m, v = fresh()
             return adam_call(p, g, m, v, lr=value, backend=backend), [p, g, m, v]
 
-    for name, value, match in [("beta1", 1.0, "beta1"), ("beta1", -0.1, "beta1"), ("beta2", math.nan, "beta2"),
+    for name, value, match in [("beta1", 1.0, "Invalid beta1: 1.0"), ("beta1", -0.1, "Invalid beta1"),
+                               ("beta2", math.nan, "beta2 must not be NaN"),
                                ("eps", 0.0, "Invalid eps"), ("eps", -1e-8, "Invalid eps"),
                                ("weight_decay", -0.1, "Invalid weight_decay"), ("weight_decay", math.nan, "weight_decay"),
                                ("grad_scale", 0.0, "Invalid grad_scale"), ("grad_scale", math.inf, "Invalid grad_scale"),
@@ -301,3 +341,69 @@ def test_utilities_validate():
         fastopt.grad_norm(np.ones(4, np.int64))
     with pytest.raises(ValueError, match="negative dimension"):
         fastopt.FlatParams([(3, -1)])
+
+
+def test_replaced_state_array_is_validated_and_used(backend):
+    """The step caches validation per grad object; assigning a new state array must not bypass it."""
+    p = np.ones(16, np.float32)
+    g = np.ones(16, np.float32)
+    opt = fastopt.Adam(p, lr=0.1, backend=backend)
+    opt.step(g)
+    replacement = opt.state["exp_avg"].copy()
+    opt.state["exp_avg"] = replacement
+    opt.step(g)
+    assert opt.state["step"] == 2 and replacement[0] == np.float32(0.9 * 0.1 + 0.1)  # the new array was stepped
+    p_before, m_before = p.copy(), replacement.copy()
+    opt.state["exp_avg"] = np.zeros(15, np.float32)
+    with pytest.raises(ValueError, match="exp_avg has 15 elements"):
+        opt.step(g)
+    opt.state["exp_avg"] = p  # aliasing the parameter
+    with pytest.raises(TypeError, match="share memory"):
+        opt.step(g)
+    np.testing.assert_array_equal(p, p_before)
+    np.testing.assert_array_equal(replacement, m_before)
+    assert opt.state["step"] == 2
+
+
+def test_none_grad_is_refused_even_after_a_cached_step(backend):
+    p = np.ones(8, np.float32)
+    opt = fastopt.SGD(p, lr=0.1, backend=backend)
+    opt.step(np.ones(8, np.float32))
+    opt.load_state_dict(opt.state_dict())  # drops the cached validation
+    before = p.copy()
+    with pytest.raises(TypeError, match="grad must be a NumPy or CuPy array"):
+        opt.step(None)
+    np.testing.assert_array_equal(p, before)
+
+
+def test_same_grad_with_another_declared_dtype_is_revalidated(backend):
+    p = np.ones(8, np.float32)
+    g = np.ones(8, np.float32)
+    opt = fastopt.SGD(p, lr=0.1, backend=backend)
+    opt.step(g)
+    with pytest.raises(TypeError, match="grad has dtype float32 \\(declared bfloat16\\)"):
+        opt.step(g, grad_dtype="bfloat16")
+    assert np.all(p == np.float32(0.9))
+
+
+@pytest.mark.parametrize("step, error", [(0.0, TypeError), (-1, ValueError), (2.5, TypeError)])
+def test_load_state_dict_checks_the_step_count(step, error):
+    opt = fastopt.Adam(np.ones(4, np.float32), lr=0.1)
+    sd = opt.state_dict()
+    sd["state"]["step"] = step
+    with pytest.raises(error, match="step must be"):
+        opt.load_state_dict(sd)
+    assert opt.state["step"] == 0
+
+
+@pytest.mark.parametrize("value, error", [("x", TypeError), (math.nan, ValueError), (math.inf, ValueError)])
+def test_load_state_dict_checks_scalar_state(value, error):
+    opt = fastopt.NAdam(np.ones(4, np.float32), lr=0.1)
+    opt.step(np.ones(4, np.float32))
+    sd = opt.state_dict()
+    good = sd["state"]["mu_product"]
+    sd["state"]["mu_product"] = value
+    sd["param_groups"][0]["lr"] = 0.5
+    with pytest.raises(error, match="mu_product"):
+        opt.load_state_dict(sd)
+    assert opt.state["mu_product"] == good and opt.lr == 0.1

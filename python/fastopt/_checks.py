@@ -92,11 +92,15 @@ def _extent(a):
 def _check_layout(name, a, writable):
     if not a.flags.c_contiguous:
         raise TypeError(f"{name} must be C-contiguous (use numpy.ascontiguousarray or a FlatParams buffer)")
-    if writable and isinstance(a, np.ndarray) and not a.flags.writeable:
-        raise TypeError(f"{name} is read-only; fastopt updates it in place")
+    if isinstance(a, np.ndarray):
+        if writable and not a.flags.writeable:
+            raise TypeError(f"{name} is read-only; fastopt updates it in place")
+        # A misaligned element pointer (a view at an odd byte offset) is undefined behaviour in the kernels.
+        if not a.flags.aligned:
+            raise TypeError(f"{name} is not aligned to its element size (a view at an odd byte offset?)")
 
 
-def _check_disjoint(named_arrays):
+def check_disjoint(named_arrays):
     """No written array may overlap another array of the call."""
     spans = [(name, _extent(a)) for name, a in named_arrays if a.nbytes]
     spans.sort(key=lambda item: item[1][0])
@@ -146,9 +150,10 @@ def param_and_grad(param, grad, master_weights=None, param_dtype=None, grad_dtyp
         if _kind_of("master_weights", master_weights) != kind:
             raise TypeError("master_weights must be the same kind of array (NumPy or CuPy) as param")
         _check_layout("master_weights", master_weights, writable=True)
-        if dtype_code(master_weights.dtype) != CODE_FLOAT32 or master_weights.size != param.size:
-            raise TypeError(f"master_weights must be float32 with {param.size} elements, "
-                            f"got {master_weights.dtype} with {master_weights.size}")
+        if dtype_code(master_weights.dtype) != CODE_FLOAT32:
+            raise TypeError(f"master_weights must be float32, got {master_weights.dtype}")
+        if master_weights.size != param.size:
+            raise ValueError(f"master_weights has {master_weights.size} elements but param has {param.size}")
     else:
         if grad_code != param_code:
             raise TypeError(f"grad must have param's dtype {NAMES[param_code]}, got {NAMES[grad_code]}")
@@ -184,7 +189,7 @@ def step_arrays(param, grad, states, master_weights=None, param_dtype=None, grad
     named = [("param", param), ("grad", grad)] + list(states)
     if master_weights is not None:
         named.append(("master_weights", master_weights))
-    _check_disjoint(named)
+    check_disjoint(named)
     return StepArrays(kind, param, grad, master_weights, tuple(arrays), param_code, grad_code, state_code)
 
 

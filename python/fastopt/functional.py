@@ -156,7 +156,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     """
     lr = _checks.nonnegative("lr", lr)
-    beta1, beta2 = _checks.betas((beta1, beta2), "(beta1, beta2)")
+    beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     eps = _checks.positive("eps", eps)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     step = _checks.step_count(step)
@@ -183,7 +183,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.9
            master_weights=None, param_dtype=None, grad_dtype=None, backend=None):
     """Adamax (Kingma & Ba 2014, sec. 7): u = max(b2 u, |g| + eps); p -= lr / (1 - b1^t) * m / u."""
     lr = _checks.nonnegative("lr", lr)
-    beta1, beta2 = _checks.betas((beta1, beta2), "(beta1, beta2)")
+    beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     eps = _checks.positive("eps", eps)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     step = _checks.step_count(step)
@@ -205,7 +205,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
     first step); it is advanced in place, like every other state, unless the step is skipped.
     """
     lr = _checks.nonnegative("lr", lr)
-    beta1, beta2 = _checks.betas((beta1, beta2), "(beta1, beta2)")
+    beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     eps = _checks.positive("eps", eps)
     momentum_decay = _checks.nonnegative("momentum_decay", momentum_decay)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
@@ -217,6 +217,10 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
                                                       float(mu_product[0]))
     arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
                                  master_weights, param_dtype, grad_dtype)
+    if arrays.kind == "numpy":  # mu_product is written after the kernel: it must not alias an array of it
+        _checks.check_disjoint([("mu_product", mu_product), ("param", param), ("grad", grad),
+                                ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+                               + ([("master_weights", master_weights)] if master_weights is not None else []))
     result = _fused_step(_scalars.NADAM, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                          decoupled=decoupled_weight_decay, maximize=maximize, grad_scale=grad_scale,
                          max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend)
@@ -232,7 +236,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0
     """RAdam (Liu et al. 2020): Adam's step times the rectification r_t once rho_t > 5, a plain
     momentum step before."""
     lr = _checks.nonnegative("lr", lr)
-    beta1, beta2 = _checks.betas((beta1, beta2), "(beta1, beta2)")
+    beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     eps = _checks.positive("eps", eps)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     step = _checks.step_count(step)
@@ -250,7 +254,7 @@ def lion(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0
     """Lion (Chen et al. 2023): p -= lr * sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g.
     Weight decay is decoupled."""
     lr = _checks.nonnegative("lr", lr)
-    beta1, beta2 = _checks.betas((beta1, beta2), "(beta1, beta2)")
+    beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     variant, scalars = _scalars.lion(lr, beta1, beta2)
     arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg)], master_weights, param_dtype, grad_dtype)

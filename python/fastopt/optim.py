@@ -5,6 +5,9 @@ and steps it with one fused kernel call per ``step(grad)``. Hyper-parameters are
 validated when assigned, so a scheduler can change them between steps.
 """
 
+import math
+import numbers
+
 import numpy as np
 
 from . import _backend, _checks, _scalars
@@ -69,7 +72,7 @@ class Optimizer:
         if master_weights:
             self.state["master_weights"] = self._widen_half(param, code)
         self.last_step_skipped = False
-        self._checked_grad = None
+        self._checked_grad = self._checked_names = self._checked_grad_dtype = None
         self._fresh = set()  # state arrays created since the last applied step
 
     @staticmethod
@@ -121,11 +124,18 @@ class Optimizer:
     def _arrays(self, grad, grad_dtype):
         """The step's arrays, fully validated the first time a grad object is seen."""
         names = self._state_names()
-        if grad is self._checked_grad and self._checked_names == names:
-            return self._checked_arrays
-        arrays = _checks.step_arrays(self.param, grad, [(n, self.state[n]) for n in names],
-                                     self.state.get("master_weights"), self.param_dtype, grad_dtype)
+        state = self.state
+        if (grad is self._checked_grad and grad is not None and self._checked_names == names
+                and grad_dtype == self._checked_grad_dtype):
+            arrays = self._checked_arrays
+            # A state array replaced by assignment (opt.state[name] = ...) is validated and used.
+            if state.get("master_weights") is arrays.master and all(
+                    state[n] is a for n, a in zip(names, arrays.states)):
+                return arrays
+        arrays = _checks.step_arrays(self.param, grad, [(n, state[n]) for n in names],
+                                     state.get("master_weights"), self.param_dtype, grad_dtype)
         self._checked_grad, self._checked_names, self._checked_arrays = grad, names, arrays
+        self._checked_grad_dtype = grad_dtype
         return arrays
 
     def step(self, grad, *, grad_scale=None, max_grad_norm=None, skip_nonfinite=False, grad_dtype=None):
@@ -175,13 +185,18 @@ class Optimizer:
         except (KeyError, IndexError, TypeError):
             raise ValueError("state_dict must have 'state' and 'param_groups' as made by state_dict()") from None
         step = state.get("step", 0)
-        if step != 0:
+        # 0: no step taken yet; else a 1-based count.
+        if not (isinstance(step, numbers.Integral) and not isinstance(step, bool) and step == 0):
             step = _checks.step_count(step)
         hypers = self._hypers()
         checked = {name: hypers[name].check(name, value) for name, value in group.items() if name in hypers}
         targets = {}
         for name, value in state.items():
             if not hasattr(value, "shape"):
+                if name != "step" and isinstance(self.state.get(name), float):  # scalar state (NAdam's mu_product)
+                    value = _checks._real(f"state '{name}'", value)
+                    if not math.isfinite(value):
+                        raise ValueError(f"state '{name}' must be finite, got {value}")
                 continue
             expected = FLOAT32 if name == "master_weights" else self._state_dtype
             if value.size != self.param.size or value.dtype != expected:
