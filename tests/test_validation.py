@@ -224,6 +224,17 @@ def _cases():
         p, g, m, v = fresh()
         return adam_call(p, FakeCupyArray(N), m, v, backend=backend), [p, m, v]
 
+    @case("cupy-state-for-numpy-param", TypeError, "exp_avg_sq must be a numpy array like param, got cupy")
+    def _(backend):
+        p, g, m, v = fresh()
+        return adam_call(p, g, m, FakeCupyArray(N), backend=backend), [p, g, m]
+
+    @case("cupy-master-for-numpy-param", TypeError, "master_weights must be the same kind of array")
+    def _(backend):
+        p, g, m, v = fresh()
+        p16, g16 = p.astype(np.float16), g.astype(np.float16)
+        return adam_call(p16, g16, m, v, master_weights=FakeCupyArray(N), backend=backend), [p16, g16, m, v]
+
     @case("nadam-mu-product", TypeError, "mu_product must be")
     def _(backend):
         p, g, m, v = fresh()
@@ -407,3 +418,46 @@ def test_load_state_dict_checks_scalar_state(value, error):
     with pytest.raises(error, match="mu_product"):
         opt.load_state_dict(sd)
     assert opt.state["mu_product"] == good and opt.lr == 0.1
+
+
+def _functional_calls():
+    """Every functional optimizer with valid arrays (states for their richest options)."""
+    def states(count):
+        return [np.zeros(N, np.float32) for _ in range(count)]
+    return {
+        "sgd": (F.sgd, states(1), dict(momentum=0.9, step=2)),
+        "adagrad": (F.adagrad, states(1), dict(step=1)),
+        "rmsprop": (F.rmsprop, states(3), dict(centered=True, momentum=0.9)),
+        "adadelta": (F.adadelta, states(2), {}),
+        "adam": (F.adam, states(3), dict(step=1, amsgrad=True)),
+        "adamw": (F.adamw, states(3), dict(step=1, amsgrad=True)),
+        "adamax": (F.adamax, states(2), dict(step=1)),
+        "nadam": (F.nadam, states(2) + [np.ones(1)], dict(step=1)),
+        "radam": (F.radam, states(2), dict(step=1)),
+        "lion": (F.lion, states(1), {}),
+    }
+
+
+def _real_hyperparameters(fn):
+    import inspect
+    return [name for name, prm in inspect.signature(fn).parameters.items()
+            if prm.kind is prm.KEYWORD_ONLY and isinstance(prm.default, float)]
+
+
+@pytest.mark.parametrize("rule", sorted(_functional_calls()))
+def test_every_real_hyperparameter_rejects_nan_and_writes_nothing(backend, rule):
+    fn, state_arrays, options = _functional_calls()[rule]
+    names = _real_hyperparameters(fn)
+    assert "lr" in names and len(names) >= 2  # the signature lookup found the hyper-parameters
+    p, g = fresh(count=2)
+    arrays = [p, g] + state_arrays
+    before = [a.copy() for a in arrays]
+    for name in names:
+        with pytest.raises(ValueError, match=f"{name} must not be NaN"):
+            fn(*arrays, **{**options, name: math.nan}, backend=backend)
+        with pytest.raises(ValueError, match=f"Invalid {name}: -1.0"):
+            fn(*arrays, **{**options, name: -1.0}, backend=backend)
+    for old, new in zip(before, arrays):
+        np.testing.assert_array_equal(old.view(np.uint8), new.view(np.uint8))
+    fn(*arrays, **options, backend=backend)  # and the same call with valid values does step
+    assert not np.array_equal(p, before[0])
