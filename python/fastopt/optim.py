@@ -7,6 +7,7 @@ validated when assigned, so a scheduler can change them between steps.
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class Optimizer:
             arrays = self._checked_arrays
             # A state array replaced by assignment (opt.state[name] = ...) is validated and used.
             if state.get("master_weights") is arrays.master and all(
-                    state[n] is a for n, a in zip(names, arrays.states)):
+                    map(operator.is_, map(state.__getitem__, names), arrays.states)):
                 return arrays
         arrays = _checks.step_arrays(self.param, grad, [(n, state[n]) for n in names],
                                      state.get("master_weights"), self.param_dtype, grad_dtype)
