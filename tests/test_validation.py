@@ -290,6 +290,23 @@ def test_constructor_rejects_bad_options(kwargs, match):
         fastopt.Adam(np.ones(8, np.float32), **kwargs)
 
 
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.Lion])
+@pytest.mark.parametrize("param, match", [
+    ([1.0, 2.0], "param must be a NumPy or CuPy array"), (np.ones(8, np.int32), "param has dtype int32"),
+    (np.ones(16, np.float32)[::2], "param must be C-contiguous"), (np.ones((4, 4), np.float32).T, "C-contiguous"),
+    (_read_only(np.ones(8, np.float32)), "param is read-only"),
+    (np.ones(8, np.float16), "need master_weights=True"),
+])
+def test_constructor_rejects_bad_param(cls, param, match):
+    with pytest.raises(TypeError, match=match):
+        cls(param, lr=0.1)
+
+
 def test_class_step_rejects_bad_grad_and_writes_nothing(backend):
     p = np.ones(16, np.float32)
     opt = fastopt.Adam(p, lr=0.1, backend=backend)
