@@ -478,3 +478,20 @@ def test_every_real_hyperparameter_rejects_nan_and_writes_nothing(backend, rule)
         np.testing.assert_array_equal(old.view(np.uint8), new.view(np.uint8))
     fn(*arrays, **options, backend=backend)  # and the same call with valid values does step
     assert not np.array_equal(p, before[0])
+
+
+def test_param_made_read_only_after_a_cached_step_is_refused_by_name(backend):
+    p = np.ones(8, np.float32)
+    g = np.ones(8, np.float32)
+    opt = fastopt.Adam(p, lr=0.1, backend=backend)
+    opt.step(g)
+    before, m_before = p.copy(), opt.state["exp_avg"].copy()
+    p.flags.writeable = False
+    with pytest.raises(TypeError, match="param is read-only"):
+        opt.step(g)
+    np.testing.assert_array_equal(p, before)
+    np.testing.assert_array_equal(opt.state["exp_avg"], m_before)
+    assert opt.state["step"] == 1
+    p.flags.writeable = True
+    opt.step(g)
+    assert opt.state["step"] == 2 and not np.array_equal(p, before)

@@ -151,11 +151,18 @@ class Optimizer:
         arrays = self._arrays(grad, grad_dtype)
         step = self.state["step"] + 1
         variant, scalars, decoupled = self._rule_scalars(step)
-        result = _fused_step(self._rule, variant, scalars, arrays, lr=self._lr,
-                             weight_decay=self._weight_decay, decoupled=decoupled,
-                             maximize=self._maximize, grad_scale=grad_scale,
-                             max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                             backend=self.backend)
+        try:
+            result = _fused_step(self._rule, variant, scalars, arrays, lr=self._lr,
+                                 weight_decay=self._weight_decay, decoupled=decoupled,
+                                 maximize=self._maximize, grad_scale=grad_scale,
+                                 max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
+                                 backend=self.backend)
+        except Exception:
+            # The cached checks may be stale (an array made read-only since): the full checks,
+            # which raise naming the argument, replace the backend's own error when they fail.
+            self._checked_grad = None
+            self._arrays(grad, grad_dtype)
+            raise
         self.last_step_skipped = result.skipped
         if not result.skipped:
             self.state["step"] = step
