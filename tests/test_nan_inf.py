@@ -94,3 +94,23 @@ def test_half_overflow_and_nan(backend):
     assert p[1] == 2 and np.isnan(p[2]) and np.isnan(master[2])
     opt.step(np.array([-2000.0, 0.0, 0.0], np.float16))
     assert p[0] == np.float16(64000.0)  # back in range: training continues from the master
+
+
+def test_float16_rounding_boundary_and_nan_sign(backend):
+    """Beyond the largest float16 (65504) values round to 65504 up to 65520 (exclusive), then to
+    infinity; a NaN keeps its sign."""
+    p = np.array([65504.0, 65504.0, -np.nan, 1.0], np.float16)
+    opt = fastopt.SGD(p, lr=1.0, master_weights=True, maximize=True, backend=backend)
+    opt.step(np.array([15.9921875, 16.0, 0.0, 0.0], np.float32))  # a float32 gradient for a half param
+    assert p[0] == 65504 and p[1] == np.inf
+    assert np.isnan(p[2]) and np.signbit(p[2])
+
+
+def test_bfloat16_nan_keeps_its_sign(backend):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    p = np.array([-np.nan, np.nan, 1.0], ml_dtypes.bfloat16)
+    opt = fastopt.SGD(p, lr=0.5, master_weights=True, backend=backend)
+    opt.step(np.ones(3, np.float32))
+    bits = p.view(np.uint16)
+    assert np.all(np.isnan(p[:2].astype(np.float32))) and bits[0] & 0x8000 and not bits[1] & 0x8000
+    assert p[2] == 0.5
