@@ -28,14 +28,15 @@ export FASTOPT_BACKEND=cpu
 # The sanitizers must be live, or a clean run proves nothing: an out-of-bounds read, made by
 # calling the kernel directly with a grad half param's size (the Python checks would refuse it),
 # has to be reported.
-if LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" $py - 2>"$stage/canary.log" <<'PY'
+# (In a subshell, so that the shell's "Aborted" notice goes to the log too.)
+if (LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" $py - <<'PY'
 import numpy as np
 from fastopt import _cpu
 
 param, grad = np.zeros(8192, np.float32), np.ones(4096, np.float32)
 _cpu.optimizer_step(0, 0, 0, 0, 0, param, grad, None, (), [0.1, 0.0, 1.0, 0.0], 1.0, 0.0, 1.0)
 PY
-then
+) 2>"$stage/canary.log"; then
   echo "sanitizers inactive: an out-of-bounds kernel call went unreported" >&2
   exit 1
 fi
