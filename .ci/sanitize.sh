@@ -36,7 +36,7 @@ from fastopt import _cpu
 param, grad = np.zeros(8192, np.float32), np.ones(4096, np.float32)
 _cpu.optimizer_step(0, 0, 0, 0, 0, param, grad, None, (), [0.1, 0.0, 1.0, 0.0], 1.0, 0.0, 1.0)
 PY
-) 2>"$stage/canary.log"; then
+status=$?; exit $status) 2>"$stage/canary.log"; then
   echo "sanitizers inactive: an out-of-bounds kernel call went unreported" >&2
   exit 1
 fi
@@ -45,8 +45,18 @@ grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" "$stage/canary.log" || {
   cat "$stage/canary.log" >&2
   exit 1
 }
-LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" $py -m pytest -q -p no:cacheprovider \
+# pytest captures stderr, and a report aborts the process before the capture is shown: reports
+# go to files (one per process, subprocesses included), printed here.
+status=0
+LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$stage/report" \
+  UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$stage/report" $py -m pytest -q -p no:cacheprovider \
   tests/test_optimizers.py tests/test_mixed_precision.py tests/test_validation.py \
   tests/test_concurrency.py tests/test_large_index.py tests/test_nan_inf.py tests/test_properties.py \
-  -k "not numba" "$@"
+  -k "not numba" "$@" || status=$?
+if compgen -G "$stage/report.*" >/dev/null; then
+  cat "$stage"/report.* >&2
+  echo "sanitizers: reports above" >&2
+  exit 1
+fi
+[ "$status" -eq 0 ] || exit "$status"
 echo "sanitizers: no reports"
