@@ -26,7 +26,7 @@ void* data_of(py::array& a) { return a.mutable_data(); }
 void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                     py::array param, py::array grad, py::object master, py::tuple states,
                     const std::vector<double>& scalars, double grad_scale, double weight_decay,
-                    double decay_factor) {
+                    double decay_factor, uint32_t rounding_seed) {
     StepCall call{};
     call.optimizer = optimizer;
     call.variant = variant;
@@ -47,6 +47,7 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
     call.grad_scale = grad_scale;
     call.weight_decay = weight_decay;
     call.decay_factor = decay_factor;
+    call.rounding_seed = rounding_seed;
     call.num_threads = num_threads();
     py::gil_scoped_release release;
     fastopt::cpu::optimizer_step(call);

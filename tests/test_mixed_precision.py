@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from conftest import random_arrays
+from conftest import CPU_BACKENDS, random_arrays
 from reference import Reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -252,3 +252,68 @@ def test_clip_grad_norm_(backend):
     g2 = np.full(100, 0.01, np.float32)
     fastopt.clip_grad_norm_(g2, 1.0, backend=backend)
     assert np.all(g2 == np.float32(0.01))
+
+
+def test_stochastic_rounding_is_unbiased(backend):
+    """Updates of 1e-4 are far below bfloat16's spacing at 1.0 (2^-7): rounding to nearest would
+    never move the parameter, stochastic rounding moves it by the right amount on average."""
+    n, steps, lr = 20000, 100, 1e-4
+    p = np.ones(n, BF16)
+    opt = fastopt.SGD(p, lr=lr, stochastic_rounding=True, seed=7, backend=backend)
+    g = np.ones(n, BF16)
+    for _ in range(steps):
+        opt.step(g)
+    mean = float(p.astype(np.float64).mean())
+    # Each element is a sum of independent rounding errors, each at most one spacing (2^-8 below
+    # 1.0): the mean over 20000 elements has a standard deviation below 2^-8 * 10 / sqrt(20000).
+    assert abs(mean - (1 - steps * lr)) < 5 * 2**-8 * np.sqrt(steps) / np.sqrt(n)
+    assert len(np.unique(p.astype(np.float32))) > 1
+
+
+def test_stochastic_rounding_picks_a_neighbour_and_is_reproducible(backend):
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(4099).astype(BF16)
+    g = rng.standard_normal(4099).astype(np.float32)
+    exact = p0.astype(np.float32) - np.float32(0.01) * g  # one SGD step in float32
+    runs = []
+    for seed in (1, 1, 2):
+        p = p0.copy()
+        fastopt.SGD(p, lr=0.01, stochastic_rounding=True, seed=seed, backend=backend).step(g)
+        runs.append(p.view(np.uint16).copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert np.any(runs[0] != runs[2])
+    got = runs[0].view(BF16).astype(np.float32)
+    down = exact.view(np.uint32) & np.uint32(0xFFFF0000)  # truncation: the neighbour towards zero
+    up_bits = (exact.view(np.uint32) >> 16) + 1
+    up = (up_bits << 16).astype(np.uint32)
+    on_grid = (exact.view(np.uint32) & 0xFFFF) == 0
+    ok = (got.view(np.uint32) == down) | ((got.view(np.uint32) == up) & ~on_grid)
+    assert np.all(ok)
+
+
+@pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the compiled and the Numba backend")
+def test_stochastic_rounding_agrees_across_backends():
+    rng = np.random.default_rng(6)
+    p0 = rng.standard_normal(70001).astype(BF16)
+    grads = [rng.standard_normal(70001).astype(BF16) for _ in range(3)]
+    results = []
+    for backend in ("cpu", "numba"):
+        p = p0.copy()
+        opt = fastopt.Adam(p, lr=1e-3, stochastic_rounding=True, seed=3, backend=backend)
+        for g in grads:
+            opt.step(g)
+        results.append(p.view(np.uint16))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_stochastic_rounding_options_are_checked():
+    with pytest.raises(TypeError, match="bfloat16"):
+        fastopt.SGD(np.ones(4, np.float16), lr=0.1, stochastic_rounding=True)
+    with pytest.raises(TypeError, match="master_weights"):
+        fastopt.SGD(np.ones(4, BF16), lr=0.1)
+    p = np.ones(4, BF16)
+    with pytest.raises(TypeError, match="rounding_seed"):
+        fastopt.functional.sgd(p, np.ones(4, BF16), lr=0.1, master_weights=np.ones(4, np.float32), rounding_seed=1)
+    with pytest.raises(TypeError, match="rounding_seed must be an integer"):
+        fastopt.functional.sgd(p, np.ones(4, BF16), lr=0.1, rounding_seed=1.5)
+    assert np.all(p == 1)

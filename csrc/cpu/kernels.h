@@ -18,11 +18,12 @@ struct StepCall {
     DType param_dtype, grad_dtype, state_dtype;
     void* param;
     const void* grad;
-    float* master;       // float32 master weights, for half params; else null
+    float* master;       // float32 master weights, for half params; null for stochastic rounding
     void* states[3];
     int64_t n;
     double scalars[12];  // the rule's per-step scalars, in its documented order
     double grad_scale, weight_decay, decay_factor;  // ALGORITHMS.md's prologue (fastopt/math/step.h)
+    uint32_t rounding_seed;  // stochastic rounding of bfloat16 params without master weights
     int num_threads;
 };
 

@@ -18,10 +18,11 @@ namespace {
 
 using Rule = ::fastopt::FASTOPT_RULE;
 
-template <int V, class C, class P, class G, class S>
+template <int V, class C, class P, class G, class S, bool kStochastic>
 void run_variant(const StepCall& call) {
     const typename Rule::template Scalars<C> scalars(call.scalars);
-    const Prologue<C> prologue{C(call.grad_scale), C(call.weight_decay), C(call.decay_factor)};
+    const Prologue<C> prologue{C(call.grad_scale), C(call.weight_decay), C(call.decay_factor),
+                               call.rounding_seed};
     P* param = static_cast<P*>(call.param);
     const G* grad = static_cast<const G*>(call.grad);
     float* master = call.master;
@@ -33,30 +34,30 @@ void run_variant(const StepCall& call) {
         const auto pro = prologue;
 #pragma omp simd
         for (int64_t i = lo; i < hi; ++i)
-            step_element<Rule, V, C>(i, param, grad, master, s0, s1, s2, pro, k);
+            step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
     });
 }
 
-template <class C, class P, class G, class S, int... Vs>
+template <class C, class P, class G, class S, bool kStochastic, int... Vs>
 void run_types(const StepCall& call, std::integer_sequence<int, Vs...>) {
     // One branch per compile-time variant; the Python layer only passes valid variants.
-    ((call.variant == Vs ? run_variant<Vs, C, P, G, S>(call) : void()), ...);
+    ((call.variant == Vs ? run_variant<Vs, C, P, G, S, kStochastic>(call) : void()), ...);
 }
 
-template <class C, class P, class G, class S>
+template <class C, class P, class G, class S, bool kStochastic = false>
 void run(const StepCall& call) {
-    run_types<C, P, G, S>(call, std::make_integer_sequence<int, Rule::kNumVariants>{});
+    run_types<C, P, G, S, kStochastic>(call, std::make_integer_sequence<int, Rule::kNumVariants>{});
 }
 
-// Half parameters: float32 master weights, gradient in the parameter's type or float32,
-// state in float32 or bfloat16.
-template <class P>
+// Half parameters: float32 master weights (or, for bfloat16 without them, stochastic rounding),
+// gradient in the parameter's type or float32, state in float32 or bfloat16.
+template <class P, bool kStochastic>
 void run_half(const StepCall& call) {
     bool grad_f32 = call.grad_dtype == kFloat32, state_bf16 = call.state_dtype == kBFloat16;
-    if (grad_f32 && state_bf16) run<float, P, float, bf16_t>(call);
-    else if (grad_f32) run<float, P, float, float>(call);
-    else if (state_bf16) run<float, P, P, bf16_t>(call);
-    else run<float, P, P, float>(call);
+    if (grad_f32 && state_bf16) run<float, P, float, bf16_t, kStochastic>(call);
+    else if (grad_f32) run<float, P, float, float, kStochastic>(call);
+    else if (state_bf16) run<float, P, P, bf16_t, kStochastic>(call);
+    else run<float, P, P, float, kStochastic>(call);
 }
 
 }  // namespace
@@ -68,8 +69,11 @@ void FASTOPT_CAT(step_, FASTOPT_RULE)(const StepCall& call) {
             if (call.state_dtype == kBFloat16) run<float, float, float, bf16_t>(call);
             else run<float, float, float, float>(call);
             break;
-        case kFloat16: run_half<f16_t>(call); break;
-        case kBFloat16: run_half<bf16_t>(call); break;
+        case kFloat16: run_half<f16_t, false>(call); break;
+        case kBFloat16:
+            if (call.master) run_half<bf16_t, false>(call);
+            else run_half<bf16_t, true>(call);
+            break;
     }
 }
 

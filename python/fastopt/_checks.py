@@ -67,6 +67,15 @@ def grad_scale(value):
     return 1.0 / value
 
 
+def checked_seed(value):
+    """The 32-bit seed of a stochastically rounded step (0 when not rounding stochastically)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"rounding_seed must be an integer, got {type(value).__name__}")
+    return int(value) & 0xFFFFFFFF
+
+
 def optional_positive(name, value):
     return None if value is None else positive(name, value)
 
@@ -128,7 +137,7 @@ def _code(name, a, explicit):
     return code
 
 
-def param_and_grad(param, grad, master_weights=None, param_dtype=None, grad_dtype=None):
+def param_and_grad(param, grad, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None):
     """Checks param, grad and the master copy; returns (kind, param_code, grad_code)."""
     kind = _kind_of("param", param)
     if _kind_of("grad", grad) != kind:
@@ -145,26 +154,40 @@ def param_and_grad(param, grad, master_weights=None, param_dtype=None, grad_dtyp
             raise TypeError(f"grad must be {NAMES[param_code]} or float32 for a {NAMES[param_code]} param, "
                             f"got {NAMES[grad_code]}")
         if master_weights is None:
-            raise TypeError(f"a {NAMES[param_code]} param needs float32 master weights "
-                            "(master_weights=..., or master_weights=True on the optimizer class)")
-        if _kind_of("master_weights", master_weights) != kind:
-            raise TypeError("master_weights must be the same kind of array (NumPy or CuPy) as param")
-        _check_layout("master_weights", master_weights, writable=True)
-        if dtype_code(master_weights.dtype) != CODE_FLOAT32:
-            raise TypeError(f"master_weights must be float32, got {master_weights.dtype}")
-        if master_weights.size != param.size:
-            raise ValueError(f"master_weights has {master_weights.size} elements but param has {param.size}")
+            if rounding_seed is None:
+                raise TypeError(f"a {NAMES[param_code]} param needs float32 master weights "
+                                "(master_weights=..., or master_weights=True on the optimizer class)"
+                                + (", or stochastic rounding (rounding_seed=...)" if param_code == CODE_BFLOAT16 else ""))
+            if param_code != CODE_BFLOAT16:
+                raise TypeError("stochastic rounding (rounding_seed) is for bfloat16 params; "
+                                "float16 params need master weights")
+        else:
+            if rounding_seed is not None:
+                raise TypeError("rounding_seed is for bfloat16 params without master weights; with "
+                                "master_weights the half copy is rounded to nearest even")
+            if _kind_of("master_weights", master_weights) != kind:
+                raise TypeError("master_weights must be the same kind of array (NumPy or CuPy) as param")
+            _check_layout("master_weights", master_weights, writable=True)
+            if dtype_code(master_weights.dtype) != CODE_FLOAT32:
+                raise TypeError(f"master_weights must be float32, got {master_weights.dtype}")
+            if master_weights.size != param.size:
+                raise ValueError(f"master_weights has {master_weights.size} elements but param has {param.size}")
     else:
         if grad_code != param_code:
             raise TypeError(f"grad must have param's dtype {NAMES[param_code]}, got {NAMES[grad_code]}")
         if master_weights is not None:
             raise TypeError("master_weights is only for float16 / bfloat16 params")
+        if rounding_seed is not None:
+            raise TypeError("rounding_seed is only for bfloat16 params without master weights")
     return kind, param_code, grad_code
 
 
-def step_arrays(param, grad, states, master_weights=None, param_dtype=None, grad_dtype=None):
+def step_arrays(param, grad, states, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None):
     """Validates one step's arrays. `states` is a list of (name, array) in kernel order."""
-    kind, param_code, grad_code = param_and_grad(param, grad, master_weights, param_dtype, grad_dtype)
+    if rounding_seed is not None:
+        checked_seed(rounding_seed)
+    kind, param_code, grad_code = param_and_grad(param, grad, master_weights, param_dtype, grad_dtype,
+                                                 rounding_seed)
     state_code = CODE_FLOAT64 if param_code == CODE_FLOAT64 else CODE_FLOAT32
     arrays = []
     for i, (name, s) in enumerate(states):

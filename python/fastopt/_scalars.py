@@ -102,6 +102,16 @@ def lion(lr, beta1, beta2):
     return 0, (lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2)
 
 
+def step_seed(seed, step):
+    """A 32-bit stochastic-rounding seed for each (seed, step): a fixed integer mix, so a run is
+    reproducible and every step draws fresh bits."""
+    x = (seed * 0x9E3779B1 + step * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x2C1B3C6D) & 0xFFFFFFFF
+    x ^= x >> 12
+    return x
+
+
 def clip_factor(norm, max_norm):
     """The clip factor of ALGORITHMS.md: max_norm / (norm + 1e-6) when norm > max_norm, else 1."""
     return max_norm / (norm + 1e-6) if norm > max_norm else 1.0

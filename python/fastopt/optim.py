@@ -12,7 +12,7 @@ import operator
 import numpy as np
 
 from . import _backend, _checks, _scalars
-from ._dtypes import BFLOAT16, CODE_FLOAT32, FLOAT32, dtype_code, is_half
+from ._dtypes import BFLOAT16, CODE_BFLOAT16, FLOAT32, dtype_code, is_half
 from .functional import _fused_step
 
 
@@ -50,7 +50,8 @@ class Optimizer:
     weight_decay = _Hyper(_checks.nonnegative)
     maximize = _Hyper(_flag)
 
-    def __init__(self, param, *, master_weights=False, state_dtype=None, param_dtype=None, backend=None):
+    def __init__(self, param, *, master_weights=False, stochastic_rounding=False, seed=0, state_dtype=None,
+                 param_dtype=None, backend=None):
         kind = _backend.array_kind(param)
         if kind is None:
             raise TypeError(f"param must be a NumPy or CuPy array, got {type(param).__name__}")
@@ -66,8 +67,13 @@ class Optimizer:
             raise TypeError("param must be C-contiguous (use a FlatParams buffer)")
         if kind == "numpy" and not param.flags.writeable:
             raise TypeError("param is read-only; fastopt updates it in place")
-        if is_half(code) != bool(master_weights):
-            raise TypeError("float16 / bfloat16 params need master_weights=True, and only they take it")
+        if bool(master_weights) + bool(stochastic_rounding) != is_half(code):
+            raise TypeError("float16 / bfloat16 params need master_weights=True (or, for bfloat16, "
+                            "stochastic_rounding=True), and only they take either")
+        if stochastic_rounding and code != CODE_BFLOAT16:
+            raise TypeError("stochastic_rounding is for bfloat16 params; float16 needs master_weights=True")
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.seed = _checks.checked_seed(seed)
         self._state_dtype = self._resolve_state_dtype(state_dtype, code, kind)
         self.state = {"step": 0}
         if master_weights:
@@ -134,7 +140,8 @@ class Optimizer:
                     map(operator.is_, map(state.__getitem__, names), arrays.states)):
                 return arrays
         arrays = _checks.step_arrays(self.param, grad, [(n, state[n]) for n in names],
-                                     state.get("master_weights"), self.param_dtype, grad_dtype)
+                                     state.get("master_weights"), self.param_dtype, grad_dtype,
+                                     self.seed if self.stochastic_rounding else None)
         self._checked_grad, self._checked_names, self._checked_arrays = grad, names, arrays
         self._checked_grad_dtype = grad_dtype
         return arrays
@@ -156,7 +163,8 @@ class Optimizer:
                                  weight_decay=self._weight_decay, decoupled=decoupled,
                                  maximize=self._maximize, grad_scale=grad_scale,
                                  max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite,
-                                 backend=self.backend)
+                                 backend=self.backend,
+                                 rounding_seed=_scalars.step_seed(self.seed, step) if self.stochastic_rounding else None)
         except Exception:
             # The cached checks may be stale (an array made read-only since): the full checks,
             # which raise naming the argument, replace the backend's own error when they fail.

@@ -20,6 +20,7 @@
 typedef unsigned short uint16_t;
 typedef unsigned int uint32_t;
 typedef long long int64_t;
+typedef unsigned long long uint64_t;
 #endif
 
 namespace fastopt {
@@ -85,6 +86,29 @@ FASTOPT_HD f16_t float_to_f16(float f) {
     uint32_t normal = (a + 0xc8000fffu + odd) >> 13;  // 0xc8000000 = (15 - 127) << 23
     uint32_t body = a >= 0x477ff000u ? big : (a < 0x38800000u ? tiny : normal);
     return f16_t(sign | body);
+}
+
+// Stochastic rounding to bfloat16 (Gupta et al. 2015): adding 16 uniform random bits below the
+// kept bits and truncating rounds the magnitude up with probability equal to its distance from
+// the lower neighbour, so the rounding is unbiased. NaN stays a quiet NaN.
+FASTOPT_HD bf16_t float_to_bf16_stochastic(float f, uint32_t random) {
+    uint32_t u = float_to_bits(f);
+    bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
+    uint32_t rounded = (u + (random & 0xffffu)) >> 16;
+    return bf16_t(is_nan ? ((u >> 16) | 0x0040u) : rounded);
+}
+
+// 32 random bits for element i of a step: a counter-based hash (Wellons' lowbias32) of the index
+// and the step's seed, so every backend, ISA and thread split draws the same bits.
+FASTOPT_HD uint32_t element_random(uint32_t seed, int64_t i) {
+    uint32_t x = uint32_t(i) ^ seed;
+    x += uint32_t(uint64_t(i) >> 32) * 0x9e3779b9u;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
 }
 
 // Widening loads and rounding stores between a storage type S and the compute type C.

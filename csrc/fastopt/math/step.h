@@ -11,20 +11,25 @@ namespace fastopt {
 // exactly 1 otherwise.
 template <class T> struct Prologue {
     T grad_scale, weight_decay, decay_factor;
+    uint32_t rounding_seed;  // this step's seed for stochastic rounding
 };
 
 template <class P> struct is_half { static constexpr bool value = false; };
 template <> struct is_half<f16_t> { static constexpr bool value = true; };
 template <> struct is_half<bf16_t> { static constexpr bool value = true; };
 
-// Half parameters are stepped through a float32 master copy and rewritten from it.
-template <class Rule, int V, class C, class P, class G, class S>
+// Half parameters are stepped through a float32 master copy and rewritten from it, or, with
+// kStochastic (bfloat16 only), stepped in place and stored with stochastic rounding.
+// `element` is the index in the whole buffer (i can be an index into a local pack); it selects the
+// random bits.
+template <class Rule, int V, class C, class P, class G, class S, bool kStochastic = false>
 FASTOPT_HD void step_element(int64_t i, P* __restrict__ param, const G* __restrict__ grad,
                              float* __restrict__ master, S* __restrict__ s0, S* __restrict__ s1,
                              S* __restrict__ s2, const Prologue<C>& pro,
-                             const typename Rule::template Scalars<C>& k) {
+                             const typename Rule::template Scalars<C>& k, int64_t element) {
+    static_assert(!kStochastic || sizeof(P) == 2, "stochastic rounding is for bfloat16 params");
     constexpr int num_states = Rule::num_states(V);
-    constexpr bool has_master = is_half<P>::value;
+    constexpr bool has_master = is_half<P>::value && !kStochastic;
     C p;
     if constexpr (has_master) p = C(master[i]);
     else p = load_as<C>(param[i]);
@@ -38,7 +43,8 @@ FASTOPT_HD void step_element(int64_t i, P* __restrict__ param, const G* __restri
     Rule::template update<V>(p, g, a, b, c, k);
 
     if constexpr (has_master) master[i] = float(p);
-    param[i] = store_as<P>(p);
+    if constexpr (kStochastic) param[i] = float_to_bf16_stochastic(float(p), element_random(pro.rounding_seed, element));
+    else param[i] = store_as<P>(p);
     if constexpr (num_states > 0) s0[i] = store_as<S>(a);
     if constexpr (num_states > 1) s1[i] = store_as<S>(b);
     if constexpr (num_states > 2) s2[i] = store_as<S>(c);

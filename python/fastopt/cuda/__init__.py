@@ -26,11 +26,12 @@ _CXX_TYPES = {CODE_FLOAT32: "float", CODE_FLOAT64: "double", CODE_FLOAT16: "fast
               CODE_BFLOAT16: "fastopt::bf16_t"}
 
 
-def step_kernel_name(rule, variant, param_code, grad_code, state_code):
+def step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic=False):
     """The name expression of one instantiation of optimizer_step_kernel."""
     compute = "double" if param_code == CODE_FLOAT64 else "float"
     types = ", ".join(_CXX_TYPES[c] for c in (param_code, grad_code, state_code))
-    return f"optimizer_step_kernel<fastopt::{RULE_NAMES[rule]}, {variant}, {compute}, {types}>"
+    flag = "true" if stochastic else "false"
+    return f"optimizer_step_kernel<fastopt::{RULE_NAMES[rule]}, {variant}, {compute}, {types}, {flag}>"
 
 
 def norm_kernel_name(code):
@@ -50,9 +51,10 @@ def supported_type_combinations():
 
 def all_kernel_names():
     """Every name expression this module can request (the NVRTC compile check builds them all)."""
-    names = [step_kernel_name(rule, v, *codes)
+    names = [step_kernel_name(rule, v, *codes, stochastic)
              for rule in range(len(RULE_NAMES)) for v in range(NUM_VARIANTS[rule])
-             for codes in supported_type_combinations()]
+             for codes in supported_type_combinations()
+             for stochastic in ((False, True) if codes[0] == CODE_BFLOAT16 else (False,))]
     names += [norm_kernel_name(c) for c in _CXX_TYPES]
     names.append("sum_partials_kernel")
     return names
@@ -70,11 +72,12 @@ def _aligned(arrays):
 
 
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor):
+                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed):
     n = param.size
     if n == 0:
         return
-    fn = kernel(SOURCE, step_kernel_name(rule, variant, param_code, grad_code, state_code))
+    stochastic = param_code == CODE_BFLOAT16 and master is None
+    fn = kernel(SOURCE, step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic))
     used = [param, grad] + list(states) + ([master] if master is not None else [])
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(states) + [param] * (3 - len(states))
@@ -82,7 +85,8 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
     blocks = int(min(_max_blocks(), -(-n // (THREADS * VEC))))
     fn((blocks,), (THREADS,),
        (param, grad, master if master is not None else param, *slots, np.int64(n), np.bool_(_aligned(used)),
-        np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), *map(np.float64, k)))
+        np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), np.uint32(rounding_seed),
+        *map(np.float64, k)))
 
 
 def _norm_blocks(n):

@@ -27,19 +27,20 @@ constexpr int kVec = 4;
 // (`aligned`), threads take packs of kVec elements and the tail goes element by element; else
 // every element is taken alone. Scalars arrive as doubles in the rule's documented order and are
 // rounded to the compute type C here, as on the host. Unused state pointers are never read.
-template <class Rule, int V, class C, class P, class G, class S>
+// kStochastic: bfloat16 params without master weights, stored with stochastic rounding.
+template <class Rule, int V, class C, class P, class G, class S, bool kStochastic>
 __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict__ grad,
                                       float* __restrict__ master, S* __restrict__ s0,
                                       S* __restrict__ s1, S* __restrict__ s2, long long n,
                                       bool aligned, double grad_scale, double weight_decay,
-                                      double decay_factor, double k0, double k1, double k2,
+                                      double decay_factor, unsigned int rounding_seed, double k0, double k1, double k2,
                                       double k3, double k4, double k5, double k6, double k7) {
     using namespace fastopt;
     const double host_scalars[8] = {k0, k1, k2, k3, k4, k5, k6, k7};
     const typename Rule::template Scalars<C> k(host_scalars);
-    const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor)};
+    const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor), rounding_seed};
     constexpr int num_states = Rule::num_states(V);
-    constexpr bool has_master = is_half<P>::value;
+    constexpr bool has_master = is_half<P>::value && !kStochastic;
 
     const long long stride = (long long)gridDim.x * blockDim.x;
     long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -57,7 +58,8 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
             if constexpr (num_states > 2) c = load_pack<S, kVec>(s2, g);
 #pragma unroll
             for (int j = 0; j < kVec; ++j)
-                step_element<Rule, V, C>(j, p.v, gr.v, m.v, a.v, b.v, c.v, pro, k);
+                step_element<Rule, V, C, P, G, S, kStochastic>(j, p.v, gr.v, m.v, a.v, b.v, c.v, pro, k,
+                                                               g * kVec + j);
             store_pack<P, kVec>(param, g, p);
             if constexpr (has_master) store_pack<float, kVec>(master, g, m);
             if constexpr (num_states > 0) store_pack<S, kVec>(s0, g, a);
@@ -67,7 +69,7 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
         done = groups * kVec;
     }
     for (long long i = done + first; i < n; i += stride)
-        step_element<Rule, V, C>(i, param, grad, master, s0, s1, s2, pro, k);
+        step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
 }
 
 // Sum of squares in float64, in an order fixed by n alone (the grid size is a function of n):

@@ -7,7 +7,7 @@ signatures of the extension's (csrc/bindings.cpp).
 import numpy as np
 from numba import njit, prange
 
-from .._dtypes import CODE_FLOAT64, UINT16, is_half
+from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64, UINT16, is_half
 from .optim import _kernel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
@@ -19,7 +19,7 @@ def _storage(a, code):
 
 
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor):
+                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed):
     compute = np.float64 if param_code == CODE_FLOAT64 else np.float32
     k = np.array(scalars, dtype=compute)
     # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
@@ -30,7 +30,8 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
         state_arrays.append(empty_state)
     master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
     _kernel(rule)(variant, len(states), _storage(param, param_code), _storage(grad, grad_code),
-                  master_flat, *state_arrays, k, pro, param_code, grad_code, state_code)
+                  master_flat, *state_arrays, k, pro, param_code, grad_code, state_code,
+                  param_code == CODE_BFLOAT16 and master is None, np.uint32(rounding_seed))
 
 
 @njit(inline="always")

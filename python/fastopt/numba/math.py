@@ -69,6 +69,31 @@ def float_to_f16(f):
     return np.uint16(sign | body)
 
 
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(inline="always")
+def element_random(seed, i):
+    """common.h element_random: lowbias32 of the index and the step's seed (uint32 arithmetic)."""
+    u = np.uint64(i)
+    x = ((u & _M32) ^ np.uint64(seed)) & _M32
+    x = (x + (u >> np.uint64(32)) * np.uint64(0x9E3779B9)) & _M32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & _M32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & _M32
+    x ^= x >> np.uint64(16)
+    return _U(x)
+
+
+@njit(inline="always")
+def float_to_bf16_stochastic(f, random):
+    u = _float_to_bits(f)
+    if (u & _U(0x7FFFFFFF)) > _U(0x7F800000):
+        return np.uint16((u >> _U(16)) | _U(0x0040))
+    return np.uint16((np.uint64(u) + np.uint64(random & _U(0xFFFF))) >> np.uint64(16))
+
+
 def widen(x, code):
     """A stored value in its compute type (float32 for halves)."""
 

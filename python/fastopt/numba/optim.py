@@ -3,7 +3,7 @@ csrc/fastopt/math/step.h, parallel over the flat buffer with prange."""
 import numpy as np
 from numba import njit, prange
 
-from .math import UPDATES, store, widen
+from .math import UPDATES, element_random, float_to_bf16_stochastic, store, widen
 
 _CACHE = {}
 
@@ -11,7 +11,7 @@ _CACHE = {}
 def _make_kernel(update):
     @njit(parallel=True)
     def kernel(variant, num_states, param, grad, master, s0, s1, s2, k, pro,
-               param_code, grad_code, state_code):
+               param_code, grad_code, state_code, stochastic, rounding_seed):
         has_master = master.size > 0
         zero = pro[3]
         for i in prange(param.size):
@@ -26,7 +26,10 @@ def _make_kernel(update):
             p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
             if has_master:
                 master[i] = p
-            store(param, i, p, param_code)
+            if stochastic:
+                param[i] = float_to_bf16_stochastic(np.float32(p), element_random(rounding_seed, i))
+            else:
+                store(param, i, p, param_code)
             if num_states > 0:
                 store(s0, i, a, state_code)
             if num_states > 1:
