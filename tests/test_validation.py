@@ -235,6 +235,25 @@ def _cases():
         p16, g16 = p.astype(np.float16), g.astype(np.float16)
         return adam_call(p16, g16, m, v, master_weights=FakeCupyArray(N), backend=backend), [p16, g16, m, v]
 
+    for label, make_param, extra, match in [
+            ("float32", lambda p: p, {}, "rounding_seed is only for bfloat16"),
+            ("float16", lambda p: p.astype(np.float16), {}, "rounding_seed\\) is for bfloat16 params"),
+            ("with-master", lambda p: p.astype(np.float16), "master", "rounding_seed is for bfloat16 params without"),
+            ("not-an-int", lambda p: p, {"rounding_seed": "7"}, "rounding_seed must be an integer")]:
+        @case(f"rounding-seed-{label}", TypeError, match)
+        def _(backend, make_param=make_param, extra=extra):
+            p, g, m, v = fresh()
+            param = make_param(p)
+            grad = g.astype(param.dtype)
+            options = {"rounding_seed": 7}
+            arrays = [param, grad, m, v]
+            if extra == "master":
+                options["master_weights"] = p.copy()
+                arrays.append(options["master_weights"])
+            elif extra:
+                options.update(extra)
+            return adam_call(param, grad, m, v, backend=backend, **options), arrays
+
     @case("nadam-mu-product", TypeError, "mu_product must be")
     def _(backend):
         p, g, m, v = fresh()
