@@ -20,7 +20,7 @@ struct BnMoments {
 FASTOPT_HD BnMoments bn_moments(double count, double sum, double sum_sq) {
     double mean = sum / count;
     double var = (sum_sq - sum * mean) / count;
-    return BnMoments{mean, var > 0.0 ? var : 0.0};
+    return BnMoments{mean, var < 0.0 ? 0.0 : var};  // rounding can go below 0; NaN stays
 }
 
 FASTOPT_HD double bn_invstd(double var, double eps) { return 1.0 / fo_sqrt(var + eps); }
