@@ -472,3 +472,14 @@ def test_matches_torch(backend, dtype, shape, training):
     _check("dx", dx, xt.grad.numpy(), tol)
     _check("dweight", dw, wt.grad.numpy(), tol)
     _check("dbias", db, bt.grad.numpy(), tol)
+
+
+def test_inputs_may_share_memory_but_outputs_may_not(backend):
+    x = _data((4, 3, 5), np.float32, 70)
+    _, mean, invstd = fastopt.batch_norm_forward(x, backend=backend)
+    dx, _, _ = fastopt.batch_norm_backward(x, x, None, mean, invstd, backend=backend)  # dy is x: read only
+    _check("dx", dx, ref.backward(x, x, None, mean, invstd)[0], 1e-5, scale=float(np.abs(x).max() * invstd.max()))
+    rm = np.zeros(6, np.float32)
+    with pytest.raises(TypeError, match="running_mean and running_var share memory"):
+        fastopt.batch_norm_forward(x, None, None, rm[:3], rm[1:4], backend=backend)
+    assert np.all(rm == 0)

@@ -33,9 +33,15 @@ struct Buffer {
     T& operator[](int64_t i) { return data[i]; }
 };
 
-// Eight lanes added in a fixed tree: the same bits whatever vector width the compiler picks.
-inline double lane_total(const double* lane) {
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+// Axis-1 reductions keep kLanes independent float64 sums (enough independent additions to hide
+// their latency; fewer lanes ran 3-5x slower) and add them in a fixed tree at the end: the same
+// bits whatever vector width the compiler picks.
+constexpr int kLanes = 32;
+
+inline double lane_total(double* lane) {
+    for (int width = kLanes / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+    return lane[0];
 }
 
 // Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
@@ -53,16 +59,16 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t t = 0; t < tasks; ++t) {
         const int64_t c = t / num_blocks, b = t - c * num_blocks;
-        double lane1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, lane2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        double lane1[kLanes] = {}, lane2[kLanes] = {};
         int64_t m = b * kBnBlock;
         const int64_t end = min_i64(count, m + kBnBlock);
         while (m < end) {
             const int64_t o = m / inner, i = m - o * inner;
             const int64_t len = min_i64(end - m, inner - i);
             const int64_t base = (o * channels + c) * inner + i;
-            const int64_t full = len / 8 * 8;
-            for (int64_t k = 0; k < full; k += 8)
-                for (int j = 0; j < 8; ++j) add(base + k + j, c, lane1[j], lane2[j]);
+            const int64_t full = len / kLanes * kLanes;
+            for (int64_t k = 0; k < full; k += kLanes)
+                for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
             for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
             m += len;
         }

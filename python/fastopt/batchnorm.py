@@ -91,6 +91,20 @@ def _data_array(name, a, reference, layout, x_dtype, writable):
     return a
 
 
+def _check_written_disjoint(written, read):
+    """No written array may overlap any other array of the call (inputs may share memory)."""
+    written = [(n, a) for n, a in written if a is not None and a.nbytes]
+    others = written + [(n, a) for n, a in read if a is not None and a.nbytes]
+    for name_w, w in written:
+        start_w, end_w = _checks._extent(w)
+        for name_o, o in others:
+            if o is w and name_o == name_w:
+                continue
+            start_o, end_o = _checks._extent(o)
+            if start_w < end_o and start_o < end_w:
+                raise TypeError(f"{name_w} and {name_o} share memory; each must be its own buffer")
+
+
 def _pair(name, value):
     if value is None:
         return None, None
@@ -152,10 +166,9 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     save_invstd = _channel_array("stats_out[1]", save_invstd, layout, writable=True)
     if out is not None:
         _data_array("out", out, x, layout, x_dtype, writable=True)
-    named = [(n, a) for n, a in (("x", x), ("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                                 ("running_var", running_var), ("stats_out[0]", save_mean),
-                                 ("stats_out[1]", save_invstd), ("out", out)) if a is not None]
-    _checks._check_disjoint(named)
+    _check_written_disjoint([("running_mean", running_mean), ("running_var", running_var),
+                             ("stats_out[0]", save_mean), ("stats_out[1]", save_invstd), ("out", out)],
+                            [("x", x), ("weight", weight), ("bias", bias)])
     kernels = _kernels(layout, backend)
 
     xp = _xp(layout.kind)
@@ -199,10 +212,9 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
         raise ValueError("grads_out is for dweight and dbias, which exist only when weight is given")
     if out is not None:
         _data_array("out", out, x, layout, x_dtype, writable=True)
-    named = [(n, a) for n, a in (("dy", dy), ("x", x), ("weight", weight), ("save_mean", save_mean),
-                                 ("save_invstd", save_invstd), ("grads_out[0]", dweight),
-                                 ("grads_out[1]", dbias), ("out", out)) if a is not None]
-    _checks._check_disjoint(named)
+    _check_written_disjoint([("grads_out[0]", dweight), ("grads_out[1]", dbias), ("out", out)],
+                            [("dy", dy), ("x", x), ("weight", weight), ("save_mean", save_mean),
+                             ("save_invstd", save_invstd)])
     kernels = _kernels(layout, backend)
 
     xp = _xp(layout.kind)

@@ -17,9 +17,17 @@ def _storage(a, code):
     return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
 
 
+LANES = 32  # csrc/cpu/isa_batchnorm.cpp kLanes
+
+
 @njit(inline="always")
 def _lane_total(lane):
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]))
+    width = LANES // 2
+    while width >= 1:
+        for j in range(width):
+            lane[j] += lane[j + width]
+        width //= 2
+    return lane[0]
 
 
 @njit(inline="always")
@@ -45,8 +53,8 @@ def _reduce_strided(x, dy, with_dy, center, outer, channels, inner, code, total1
     for t in prange(tasks):
         c = t // num_blocks
         b = t - c * num_blocks
-        lane1 = np.zeros(8, np.float64)
-        lane2 = np.zeros(8, np.float64)
+        lane1 = np.zeros(LANES, np.float64)
+        lane2 = np.zeros(LANES, np.float64)
         cen = center[c]
         m = b * BN_BLOCK
         end = min(count, m + BN_BLOCK)
@@ -55,9 +63,9 @@ def _reduce_strided(x, dy, with_dy, center, outer, channels, inner, code, total1
             i = m - o * inner
             length = min(end - m, inner - i)
             base = (o * channels + c) * inner + i
-            full = length // 8 * 8
-            for k in range(0, full, 8):
-                for j in range(8):
+            full = length // LANES * LANES
+            for k in range(0, full, LANES):
+                for j in range(LANES):
                     _accumulate(x, dy, with_dy, base + k + j, cen, lane1, lane2, j, code)
             for k in range(full, length):
                 _accumulate(x, dy, with_dy, base + k, cen, lane1, lane2, k - full, code)
