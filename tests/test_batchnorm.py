@@ -483,3 +483,55 @@ def test_inputs_may_share_memory_but_outputs_may_not(backend):
     with pytest.raises(TypeError, match="running_mean and running_var share memory"):
         fastopt.batch_norm_forward(x, None, None, rm[:3], rm[1:4], backend=backend)
     assert np.all(rm == 0)
+
+
+# ---- CUDA (CuPy), where a device is present ------------------------------------------------------
+
+def _cupy_or_skip():
+    cupy = pytest.importorskip("cupy")
+    if not fastopt.backends()["cuda"]["available"]:
+        pytest.skip(fastopt.backends()["cuda"]["reason"])
+    return cupy
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_matches_reference(dtype, shape, axis, training):
+    cupy = _cupy_or_skip()
+    x, dy = _data(shape, dtype, 80), _data(shape, dtype, 81)
+    c = _channels_of(shape, axis)
+    st = _stat_dtype(dtype)
+    weight, bias = _params(c, dtype, 80)
+    rm = np.random.default_rng(82).standard_normal(c).astype(st)
+    rv = np.random.default_rng(83).uniform(0.5, 2, c).astype(st)
+    rm_d, rv_d = cupy.asarray(rm), cupy.asarray(rv)
+    y, mean, invstd = fastopt.batch_norm_forward(cupy.asarray(x), cupy.asarray(weight), cupy.asarray(bias), rm_d,
+                                                 rv_d, training=training, momentum=0.2, axis=axis)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = ref.forward(x, weight, bias, rm, rv, training=training,
+                                                             momentum=0.2, axis=axis)
+    stat_tol = STAT_TOL.get(np.dtype(dtype), 1e-6)
+    _check("save_invstd", cupy.asnumpy(invstd), invstd_ref, stat_tol)
+    _check("running_var", cupy.asnumpy(rv_d), rv_ref, stat_tol)
+    _check("y", cupy.asnumpy(y), y_ref, TOL[np.dtype(dtype)])
+    dx, dw, db = fastopt.batch_norm_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(weight), mean, invstd,
+                                             training=training, axis=axis)
+    mean_h, invstd_h = cupy.asnumpy(mean), cupy.asnumpy(invstd)
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, weight, mean_h, invstd_h, training=training, axis=axis)
+    term = float(np.max(np.abs(ref.channels_last(dy, axis)) * weight * invstd_h))
+    _check("dx", cupy.asnumpy(dx), dx_ref, TOL[np.dtype(dtype)], scale=term)
+    _check("dbias", cupy.asnumpy(db), db_ref, stat_tol, scale=float(np.abs(dy.astype(np.float64)).sum()))
+
+
+@pytest.mark.cuda
+def test_cuda_is_deterministic_and_bfloat16_as_uint16():
+    cupy = _cupy_or_skip()
+    shape = (8, 16, 64, 65)
+    x = cupy.asarray(_data(shape, np.float32, 84))
+    runs = [cupy.asnumpy(fastopt.batch_norm_forward(x)[0]) for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    if BFLOAT16 is not None:
+        xb = _data(shape, BFLOAT16, 85)
+        y, _, _ = fastopt.batch_norm_forward(cupy.asarray(xb.view(np.uint16)), x_dtype="bfloat16")
+        _check("y", cupy.asnumpy(y).view(BFLOAT16), ref.forward(xb)[0], TOL[BFLOAT16])
