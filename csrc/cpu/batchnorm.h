@@ -48,6 +48,8 @@ struct BnBackwardCall {
 constexpr int64_t kBnBlock = 16384;
 constexpr int64_t kBnRowBlockElems = 65536;
 constexpr int64_t kBnChannelBlock = 4096;
+// Axis-1 channel slices up to this size are reduced and written in one visit (see use_fused).
+constexpr int64_t kBnFusedSliceBytes = int64_t(1) << 20;
 
 bool batch_norm_forward(const BnForwardCall& call);
 bool batch_norm_backward(const BnBackwardCall& call);

@@ -45,35 +45,62 @@ inline double lane_total(double* lane) {
 }
 
 // Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
-// into blocks of kBnBlock; add(k, c, a, b) accumulates element k of channel c into lane sums a,
-// b. Per channel, total1[c] and total2[c] are the block sums added in block order.
+// into blocks of kBnBlock; add(k, c, a, b) accumulates element k of channel c into lane sums a, b.
+// block_sums gives block b's two sums; a channel's sums are its block sums added in block order.
+template <class Add>
+inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, int64_t b, Add& add,
+                       double& sum1, double& sum2) {
+    double lane1[kLanes] = {}, lane2[kLanes] = {};
+    int64_t m = b * kBnBlock;
+    const int64_t end = min_i64(count, m + kBnBlock);
+    while (m < end) {
+        const int64_t o = m / inner, i = m - o * inner;
+        const int64_t len = min_i64(end - m, inner - i);
+        const int64_t base = (o * channels + c) * inner + i;
+        const int64_t full = len / kLanes * kLanes;
+        for (int64_t k = 0; k < full; k += kLanes)
+            for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
+        for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
+        m += len;
+    }
+    sum1 = lane_total(lane1);
+    sum2 = lane_total(lane2);
+}
+
+inline int64_t num_blocks_of(int64_t count) { return (count + kBnBlock - 1) / kBnBlock; }
+
+// One channel's sums on the calling thread (the fused path below).
+template <class Add>
+inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, Add& add, double& total1,
+                         double& total2) {
+    double s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < num_blocks_of(count); ++b) {
+        double p1, p2;
+        block_sums(channels, inner, count, c, b, add, p1, p2);
+        s1 += p1;
+        s2 += p2;
+    }
+    total1 = s1;
+    total2 = s2;
+}
+
+// Every channel's sums, the blocks spread over threads.
 template <class Add>
 bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_threads, double* total1,
                     double* total2, Add add) {
     const int64_t count = outer * inner;
-    const int64_t num_blocks = (count + kBnBlock - 1) / kBnBlock;
+    const int64_t num_blocks = num_blocks_of(count);
     const int64_t tasks = channels * num_blocks;
     Buffer<double> part1(tasks), part2(tasks);
     if (!part1.data || !part2.data) return false;
     const int nthreads = threads_for(count * channels, num_threads);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t t = 0; t < tasks; ++t) {
-        const int64_t c = t / num_blocks, b = t - c * num_blocks;
-        double lane1[kLanes] = {}, lane2[kLanes] = {};
-        int64_t m = b * kBnBlock;
-        const int64_t end = min_i64(count, m + kBnBlock);
-        while (m < end) {
-            const int64_t o = m / inner, i = m - o * inner;
-            const int64_t len = min_i64(end - m, inner - i);
-            const int64_t base = (o * channels + c) * inner + i;
-            const int64_t full = len / kLanes * kLanes;
-            for (int64_t k = 0; k < full; k += kLanes)
-                for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
-            for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
-            m += len;
-        }
-        part1.data[t] = lane_total(lane1);
-        part2.data[t] = lane_total(lane2);
+        // Block-major: consecutive tasks read neighbouring rows (channel c + 1 follows channel c in
+        // memory), which keeps the hardware prefetchers on long streams.
+        const int64_t b = t / channels, c = t - b * channels;
+        block_sums(channels, inner, count, c, b, add, part1.data[c * num_blocks + b],
+                   part2.data[c * num_blocks + b]);
     }
     for (int64_t c = 0; c < channels; ++c) {
         double s1 = 0, s2 = 0;
@@ -85,6 +112,15 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
         total2[c] = s2;
     }
     return true;
+}
+
+// Axis-1 layouts whose channel slice fits in a core's L2 cache run fused, one channel at a time
+// per thread: reduce the channel, then write its output while the slice is still in cache, so
+// memory sees one read instead of two. Same sums in the same order: the same bits either way.
+template <class X>
+inline bool use_fused(int64_t outer, int64_t channels, int64_t inner, int nthreads) {
+    const int64_t slice_bytes = outer * inner * int64_t(sizeof(X));
+    return inner > 1 && slice_bytes <= kBnFusedSliceBytes && (nthreads == 1 || channels >= 2 * nthreads);
 }
 
 // Channels-last layouts (inner == 1): rows of `channels` values. Blocks of rows (and of channels,
@@ -171,8 +207,51 @@ bool forward_typed(const BnForwardCall& call) {
     Buffer<C> mean(channels), scale(channels), shift_out(channels);
     if (!mean.data || !scale.data || !shift_out.data) return false;
 
+    const int64_t count = outer * inner;
+    // Per channel: statistics, running statistics and the normalization's constants.
+    auto finalize = [&](int64_t c, double shift, double sum1, double sum2) {
+        BnMoments mo = bn_moments(double(count), sum1, sum2);
+        double batch_mean = shift + mo.mean;
+        save_mean[c] = S(batch_mean);
+        save_invstd[c] = S(bn_invstd(mo.var, call.eps));
+        if (running_mean != nullptr) {
+            running_mean[c] = S(bn_running_update(double(running_mean[c]), batch_mean, call.momentum));
+            double unbiased = mo.var * (double(count) / double(count - 1));
+            running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, call.momentum));
+        }
+    };
+    auto constants = [&](int64_t c) {
+        mean[c] = C(save_mean[c]);
+        scale[c] = (weight != nullptr ? C(weight[c]) : C(1)) * C(save_invstd[c]);
+        shift_out[c] = bias != nullptr ? C(bias[c]) : C(0);
+    };
+
+    const int nthreads = threads_for(count * channels, call.num_threads);
+    if (call.training && use_fused<X>(outer, channels, inner, nthreads)) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int64_t c = 0; c < channels; ++c) {
+            const double shift = load_as<double>(x[c * inner]);
+            auto add = [x, shift](int64_t k, int64_t, double& a, double& b) {
+                double d = load_as<double>(x[k]) - shift;
+                a += d;
+                b += d * d;
+            };
+            double sum1, sum2;
+            channel_sums(channels, inner, count, c, add, sum1, sum2);
+            finalize(c, shift, sum1, sum2);
+            constants(c);
+            const C mc = mean[c], sc = scale[c], bc = shift_out[c];
+            for (int64_t o = 0; o < outer; ++o) {
+                const X* __restrict__ xs = x + (o * channels + c) * inner;
+                X* __restrict__ ys = y + (o * channels + c) * inner;
+#pragma omp simd
+                for (int64_t j = 0; j < inner; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            }
+        }
+        return true;
+    }
+
     if (call.training) {
-        const int64_t count = outer * inner;
         Buffer<double> shift(channels), sum1(channels), sum2(channels);
         if (!shift.data || !sum1.data || !sum2.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
@@ -184,29 +263,15 @@ bool forward_typed(const BnForwardCall& call) {
                                   b += d * d;
                               });
         if (!reduced) return false;
-        for (int64_t c = 0; c < channels; ++c) {
-            BnMoments mo = bn_moments(double(count), sum1[c], sum2[c]);
-            double mean = shift[c] + mo.mean;
-            save_mean[c] = S(mean);
-            save_invstd[c] = S(bn_invstd(mo.var, call.eps));
-            if (running_mean != nullptr) {
-                running_mean[c] = S(bn_running_update(double(running_mean[c]), mean, call.momentum));
-                double unbiased = mo.var * (double(count) / double(count - 1));
-                running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, call.momentum));
-            }
-        }
+        for (int64_t c = 0; c < channels; ++c) finalize(c, shift[c], sum1[c], sum2[c]);
     } else {
         for (int64_t c = 0; c < channels; ++c) {
             save_mean[c] = running_mean[c];
             save_invstd[c] = S(bn_invstd(double(running_var[c]), call.eps));
         }
     }
+    for (int64_t c = 0; c < channels; ++c) constants(c);
 
-    for (int64_t c = 0; c < channels; ++c) {
-        mean[c] = C(save_mean[c]);
-        scale[c] = (weight != nullptr ? C(weight[c]) : C(1)) * C(save_invstd[c]);
-        shift_out[c] = bias != nullptr ? C(bias[c]) : C(0);
-    }
     const C* __restrict__ m = mean.data;
     const C* __restrict__ s = scale.data;
     const C* __restrict__ b = shift_out.data;
@@ -249,7 +314,48 @@ bool backward_typed(const BnBackwardCall& call) {
         !offset.data)
         return false;
     for (int64_t c = 0; c < channels; ++c) mean_wide[c] = double(save_mean[c]);
-    if (call.training || dweight != nullptr) {
+    // Per channel: parameter gradients and dx's coefficients from the two sums.
+    auto finalize = [&](int64_t c, double s_dy, double s_dy_xmu) {
+        double invstd = double(save_invstd[c]);
+        double w = weight != nullptr ? double(weight[c]) : 1.0;
+        BnGradCoefs k = bn_grad_coefs(w, invstd, double(count), s_dy, s_dy_xmu, call.training);
+        mean[c] = C(save_mean[c]);
+        dy_coef[c] = C(k.dy_coef);
+        x_coef[c] = C(k.x_coef);
+        offset[c] = C(k.offset);
+        if (dweight != nullptr) {
+            dweight[c] = S(s_dy_xmu * invstd);
+            dbias[c] = S(s_dy);
+        }
+    };
+    const bool needs_sums = call.training || dweight != nullptr;
+    const int nthreads = threads_for(count * channels, call.num_threads);
+    if (needs_sums && use_fused<X>(outer, channels, inner, nthreads)) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int64_t c = 0; c < channels; ++c) {
+            const double center = mean_wide[c];
+            auto add = [dy, x, center](int64_t k, int64_t, double& a, double& b) {
+                double g = load_as<double>(dy[k]);
+                a += g;
+                b += g * (load_as<double>(x[k]) - center);
+            };
+            double s_dy, s_dy_xmu;
+            channel_sums(channels, inner, count, c, add, s_dy, s_dy_xmu);
+            finalize(c, s_dy, s_dy_xmu);
+            const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
+            for (int64_t o = 0; o < outer; ++o) {
+                const int64_t base = (o * channels + c) * inner;
+                const X* __restrict__ dys = dy + base;
+                const X* __restrict__ xs = x + base;
+                X* __restrict__ dxs = dx + base;
+#pragma omp simd
+                for (int64_t j = 0; j < inner; ++j)
+                    dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            }
+        }
+        return true;
+    }
+    if (needs_sums) {
         const double* __restrict__ mw = mean_wide.data;
         bool reduced = reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data,
                               [dy, x, mw](int64_t k, int64_t c, double& a, double& b) {
@@ -259,19 +365,7 @@ bool backward_typed(const BnBackwardCall& call) {
                               });
         if (!reduced) return false;
     }
-    for (int64_t c = 0; c < channels; ++c) {
-        double invstd = double(save_invstd[c]);
-        double w = weight != nullptr ? double(weight[c]) : 1.0;
-        BnGradCoefs k = bn_grad_coefs(w, invstd, double(count), sum_dy[c], sum_dy_xmu[c], call.training);
-        mean[c] = C(save_mean[c]);
-        dy_coef[c] = C(k.dy_coef);
-        x_coef[c] = C(k.x_coef);
-        offset[c] = C(k.offset);
-        if (dweight != nullptr) {
-            dweight[c] = S(sum_dy_xmu[c] * invstd);
-            dbias[c] = S(sum_dy[c]);
-        }
-    }
+    for (int64_t c = 0; c < channels; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
     const C* __restrict__ m = mean.data;
     const C* __restrict__ a = dy_coef.data;
     const C* __restrict__ b = x_coef.data;
