@@ -51,6 +51,7 @@ constexpr int64_t kBnChannelBlock = 4096;
 // Axis-1 channel slices up to this size are reduced and written in one visit (see use_fused).
 constexpr int64_t kBnFusedSliceBytes = int64_t(1) << 20;
 
+// Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);
 bool batch_norm_backward(const BnBackwardCall& call);
 
