@@ -87,3 +87,30 @@ def test_a_broken_source_fails_to_compile():
     source = _nvrtc.read_source(SOURCE) + "\n__global__ void broken(float* p) { p = 1.5; }\n"
     rc, log, _ = compile_source(source, name_expressions()[:1], _nvrtc.TARGET_ARCHS[0])
     assert rc != 0 and "error" in log
+
+
+def test_kernels_do_not_spill_registers():
+    """Compiled to sm_80 machine code, ptxas reports no spills for any instantiation."""
+    import re
+
+    names = name_expressions()
+    lib = _library()
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), _nvrtc.read_source(SOURCE).encode(), SOURCE.encode(), 0,
+                                  None, None) == 0
+    try:
+        for name in names:
+            assert lib.nvrtcAddNameExpression(prog, name.encode()) == 0
+        options = [o.encode() for o in _options(None) + ["--gpu-architecture=sm_80", "--ptxas-options=-v"]]
+        rc = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        log = log.value.decode(errors="replace")
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    assert rc == 0, log
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) >= len(names), log
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), log
