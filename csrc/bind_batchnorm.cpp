@@ -1,6 +1,88 @@
-// pybind11 registration of the BatchNorm kernels.
+// pybind11 registration of the BatchNorm kernels. The Python layer (fastopt/batchnorm.py)
+// validates shapes, dtypes and aliasing before calling in here.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <new>
+
+#include "cpu/batchnorm.h"
+#include "cpu/dispatch.h"
 
 namespace py = pybind11;
 
-void register_batchnorm(py::module_& m) {}
+namespace fastopt::cpu {
+bool batch_norm_forward(const BnForwardCall& call) { FASTOPT_PICK(batch_norm_forward(call)) }
+bool batch_norm_backward(const BnBackwardCall& call) { FASTOPT_PICK(batch_norm_backward(call)) }
+}  // namespace fastopt::cpu
+
+namespace {
+
+using namespace fastopt::cpu;
+
+const void* data_or_null(const py::object& a) {
+    return a.is_none() ? nullptr : a.cast<py::array>().data();
+}
+void* mutable_data_or_null(const py::object& a) {
+    return a.is_none() ? nullptr : a.cast<py::array>().mutable_data();
+}
+
+void py_batch_norm_forward(int dtype, py::array x, py::array y, int64_t outer, int64_t channels, int64_t inner,
+                           py::object weight, py::object bias, py::object running_mean, py::object running_var,
+                           py::array save_mean, py::array save_invstd, double momentum, double eps, bool training) {
+    BnForwardCall call{};
+    call.dtype = DType(dtype);
+    call.x = x.data();
+    call.y = y.mutable_data();
+    call.outer = outer;
+    call.channels = channels;
+    call.inner = inner;
+    call.weight = data_or_null(weight);
+    call.bias = data_or_null(bias);
+    call.running_mean = mutable_data_or_null(running_mean);
+    call.running_var = mutable_data_or_null(running_var);
+    call.save_mean = save_mean.mutable_data();
+    call.save_invstd = save_invstd.mutable_data();
+    call.momentum = momentum;
+    call.eps = eps;
+    call.training = training;
+    call.num_threads = num_threads();
+    bool done;
+    {
+        py::gil_scoped_release release;
+        done = batch_norm_forward(call);
+    }
+    if (!done) throw std::bad_alloc();
+}
+
+void py_batch_norm_backward(int dtype, py::array dy, py::array x, py::array dx, int64_t outer, int64_t channels,
+                            int64_t inner, py::object weight, py::array save_mean, py::array save_invstd,
+                            py::object dweight, py::object dbias, bool training) {
+    BnBackwardCall call{};
+    call.dtype = DType(dtype);
+    call.dy = dy.data();
+    call.x = x.data();
+    call.dx = dx.mutable_data();
+    call.outer = outer;
+    call.channels = channels;
+    call.inner = inner;
+    call.weight = data_or_null(weight);
+    call.save_mean = save_mean.data();
+    call.save_invstd = save_invstd.data();
+    call.dweight = mutable_data_or_null(dweight);
+    call.dbias = mutable_data_or_null(dbias);
+    call.training = training;
+    call.num_threads = num_threads();
+    bool done;
+    {
+        py::gil_scoped_release release;
+        done = batch_norm_backward(call);
+    }
+    if (!done) throw std::bad_alloc();
+}
+
+}  // namespace
+
+void register_batchnorm(py::module_& m) {
+    m.def("batch_norm_forward", &py_batch_norm_forward);
+    m.def("batch_norm_backward", &py_batch_norm_backward);
+}

@@ -1,0 +1,68 @@
+// The interface between the BatchNorm bindings and the per-ISA kernels (isa_batchnorm.cpp).
+// Nothing here depends on the ISA.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace fastopt::cpu {
+
+// x is viewed as (outer, channels, inner), C-contiguous: axis=1 gives outer = N and inner = the
+// product of the spatial sizes; axis=-1 (channels-last) and (N, C) give inner = 1.
+// Parameters and statistics are float64 for float64 data and float32 otherwise. Pointers are
+// validated by the Python layer; weight and bias may be null (not affine), as may the running
+// statistics in training.
+struct BnForwardCall {
+    DType dtype;
+    const void* x;
+    void* y;
+    int64_t outer, channels, inner;
+    const void* weight;
+    const void* bias;
+    void* running_mean;
+    void* running_var;
+    void* save_mean;    // out: batch mean (training) or running mean (evaluation)
+    void* save_invstd;  // out: 1 / sqrt(var + eps) of the statistics used
+    double momentum, eps;
+    bool training;
+    int num_threads;
+};
+
+struct BnBackwardCall {
+    DType dtype;
+    const void* dy;
+    const void* x;
+    void* dx;
+    int64_t outer, channels, inner;
+    const void* weight;       // may be null: weight 1
+    const void* save_mean;
+    const void* save_invstd;
+    void* dweight;            // may be null (not affine)
+    void* dbias;              // may be null (not affine)
+    bool training;
+    int num_threads;
+};
+
+// A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows
+// in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
+constexpr int64_t kBnBlock = 16384;
+constexpr int64_t kBnRowBlockElems = 65536;
+constexpr int64_t kBnChannelBlock = 4096;
+// Axis-1 channel slices up to this size are reduced and written in one visit (see use_fused).
+constexpr int64_t kBnFusedSliceBytes = int64_t(1) << 20;
+
+// Both return false, having written nothing, when scratch memory cannot be allocated.
+bool batch_norm_forward(const BnForwardCall& call);
+bool batch_norm_backward(const BnBackwardCall& call);
+
+}  // namespace fastopt::cpu
+
+#define FASTOPT_DECLARE_BN_ISA(ns)                             \
+    namespace fastopt::cpu::ns {                               \
+    bool batch_norm_forward(const BnForwardCall& call);        \
+    bool batch_norm_backward(const BnBackwardCall& call);      \
+    }
+FASTOPT_DECLARE_BN_ISA(isa_baseline)
+FASTOPT_DECLARE_BN_ISA(isa_v3)
+FASTOPT_DECLARE_BN_ISA(isa_v4)
+#undef FASTOPT_DECLARE_BN_ISA

@@ -1,0 +1,418 @@
+// BatchNorm forward and backward on the CPU, compiled once per ISA level (FASTOPT_ISA_NS).
+//
+// Each call makes at most two passes over the data: a per-channel reduction (statistics in the
+// forward, sum(dy) and sum(dy * (x - mean)) in the backward) and an element-wise pass that
+// writes y or dx. Reductions run over fixed blocks whose partial sums are combined in a fixed
+// order, so results are bitwise the same for every thread count and ISA level.
+#include "fastopt/math/batchnorm.h"
+#include "batchnorm.h"
+#include "parallel.h"
+
+#include <cstdlib>
+
+#if !defined(FASTOPT_ISA_NS)
+#error "compile with -DFASTOPT_ISA_NS=<namespace>"
+#endif
+
+namespace fastopt::cpu::FASTOPT_ISA_NS {
+namespace {
+
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// A zeroed scratch array. calloc rather than new[]: nothing here may throw, so the per-ISA objects
+// need no unwinding tables (whose personality reference would be a weak symbol shared across
+// ISA levels). Callers check `data` for allocation failure.
+template <class T>
+struct Buffer {
+    T* data;
+    explicit Buffer(int64_t n) : data(static_cast<T*>(std::calloc(size_t(n > 0 ? n : 1), sizeof(T)))) {}
+    ~Buffer() { std::free(data); }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    T& operator[](int64_t i) { return data[i]; }
+};
+
+// Axis-1 reductions keep kLanes independent float64 sums (enough independent additions to hide
+// their latency; fewer lanes ran 3-5x slower) and add them in a fixed tree at the end: the same
+// bits whatever vector width the compiler picks.
+constexpr int kLanes = 32;
+
+inline double lane_total(double* lane) {
+    for (int width = kLanes / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+    return lane[0];
+}
+
+// Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
+// into blocks of kBnBlock; add(k, c, a, b) accumulates element k of channel c into lane sums a, b.
+// block_sums gives block b's two sums; a channel's sums are its block sums added in block order.
+template <class Add>
+inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, int64_t b, Add& add,
+                       double& sum1, double& sum2) {
+    double lane1[kLanes] = {}, lane2[kLanes] = {};
+    int64_t m = b * kBnBlock;
+    const int64_t end = min_i64(count, m + kBnBlock);
+    while (m < end) {
+        const int64_t o = m / inner, i = m - o * inner;
+        const int64_t len = min_i64(end - m, inner - i);
+        const int64_t base = (o * channels + c) * inner + i;
+        const int64_t full = len / kLanes * kLanes;
+        for (int64_t k = 0; k < full; k += kLanes)
+            for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
+        for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
+        m += len;
+    }
+    sum1 = lane_total(lane1);
+    sum2 = lane_total(lane2);
+}
+
+inline int64_t num_blocks_of(int64_t count) { return (count + kBnBlock - 1) / kBnBlock; }
+
+// One channel's sums on the calling thread (the fused path below).
+template <class Add>
+inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, Add& add, double& total1,
+                         double& total2) {
+    double s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < num_blocks_of(count); ++b) {
+        double p1, p2;
+        block_sums(channels, inner, count, c, b, add, p1, p2);
+        s1 += p1;
+        s2 += p2;
+    }
+    total1 = s1;
+    total2 = s2;
+}
+
+// Every channel's sums, the blocks spread over threads.
+template <class Add>
+bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_threads, double* total1,
+                    double* total2, Add add) {
+    const int64_t count = outer * inner;
+    const int64_t num_blocks = num_blocks_of(count);
+    const int64_t tasks = channels * num_blocks;
+    Buffer<double> part1(tasks), part2(tasks);
+    if (!part1.data || !part2.data) return false;
+    const int nthreads = threads_for(count * channels, num_threads);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+        // Block-major: consecutive tasks read neighbouring rows (channel c + 1 follows channel c in
+        // memory), which keeps the hardware prefetchers on long streams.
+        const int64_t b = t / channels, c = t - b * channels;
+        block_sums(channels, inner, count, c, b, add, part1.data[c * num_blocks + b],
+                   part2.data[c * num_blocks + b]);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+        double s1 = 0, s2 = 0;
+        for (int64_t b = 0; b < num_blocks; ++b) {
+            s1 += part1.data[c * num_blocks + b];
+            s2 += part2.data[c * num_blocks + b];
+        }
+        total1[c] = s1;
+        total2[c] = s2;
+    }
+    return true;
+}
+
+// Axis-1 layouts whose channel slice fits in a core's L2 cache run fused, one channel at a time
+// per thread: reduce the channel, then write its output while the slice is still in cache, so
+// memory sees one read instead of two. Same sums in the same order: the same bits either way.
+template <class X>
+inline bool use_fused(int64_t outer, int64_t channels, int64_t inner, int nthreads) {
+    const int64_t slice_bytes = outer * inner * int64_t(sizeof(X));
+    return inner > 1 && slice_bytes <= kBnFusedSliceBytes && (nthreads == 1 || channels >= 2 * nthreads);
+}
+
+// Channels-last layouts (inner == 1): rows of `channels` values. Blocks of rows (and of channels,
+// when there are many) accumulate one sum per channel, added row by row; block sums are then
+// added in row-block order.
+template <class Add>
+bool reduce_rows(int64_t rows, int64_t channels, int num_threads, double* total1, double* total2, Add add) {
+    const int64_t rows_per_block = max_i64(1, kBnRowBlockElems / channels);
+    const int64_t row_blocks = (rows + rows_per_block - 1) / rows_per_block;
+    const int64_t channel_blocks = (channels + kBnChannelBlock - 1) / kBnChannelBlock;
+    Buffer<double> part1(row_blocks * channels), part2(row_blocks * channels);
+    if (!part1.data || !part2.data) return false;
+    const int nthreads = threads_for(rows * channels, num_threads);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t t = 0; t < row_blocks * channel_blocks; ++t) {
+        const int64_t rb = t / channel_blocks, cb = t - rb * channel_blocks;
+        const int64_t c0 = cb * kBnChannelBlock, c1 = min_i64(channels, c0 + kBnChannelBlock);
+        double* __restrict__ s1 = part1.data + rb * channels;
+        double* __restrict__ s2 = part2.data + rb * channels;
+        const int64_t r1 = min_i64(rows, (rb + 1) * rows_per_block);
+        for (int64_t r = rb * rows_per_block; r < r1; ++r) {
+            const int64_t row = r * channels;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) add(row + c, c, s1[c], s2[c]);
+        }
+    }
+    for (int64_t c = 0; c < channels; ++c) total1[c] = total2[c] = 0;
+    for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        const double* __restrict__ s1 = part1.data + rb * channels;
+        const double* __restrict__ s2 = part2.data + rb * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+            total1[c] += s1[c];
+            total2[c] += s2[c];
+        }
+    }
+    return true;
+}
+
+template <class Add>
+bool reduce(int64_t outer, int64_t channels, int64_t inner, int num_threads, double* total1, double* total2,
+            Add add) {
+    if (inner == 1) return reduce_rows(outer, channels, num_threads, total1, total2, add);
+    return reduce_strided(outer, channels, inner, num_threads, total1, total2, add);
+}
+
+// Calls row(k, len, c) for every run of elements [k, k + len) of the flat range that belongs to
+// one channel (axis 1) or one row starting at channel c (channels-last); ranges are split over
+// threads on aligned boundaries.
+template <class Row>
+void for_each_run(int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
+    const int64_t n = outer * channels * inner;
+    parallel_ranges(n, num_threads, [&](int64_t lo, int64_t hi) {
+        int64_t k = lo;
+        while (k < hi) {
+            if (inner == 1) {
+                const int64_t c = k % channels;
+                const int64_t end = min_i64(hi, k - c + channels);
+                row(k, end - k, c);
+                k = end;
+            } else {
+                const int64_t r = k / inner;
+                const int64_t end = min_i64(hi, (r + 1) * inner);
+                row(k, end - k, r % channels);
+                k = end;
+            }
+        }
+    });
+}
+
+template <class X, class S>
+bool forward_typed(const BnForwardCall& call) {
+    using C = S;  // compute type: float32 for float32 and half data, float64 for float64
+    const X* __restrict__ x = static_cast<const X*>(call.x);
+    X* __restrict__ y = static_cast<X*>(call.y);
+    const int64_t channels = call.channels, inner = call.inner, outer = call.outer;
+    const S* weight = static_cast<const S*>(call.weight);
+    const S* bias = static_cast<const S*>(call.bias);
+    S* running_mean = static_cast<S*>(call.running_mean);
+    S* running_var = static_cast<S*>(call.running_var);
+    S* save_mean = static_cast<S*>(call.save_mean);
+    S* save_invstd = static_cast<S*>(call.save_invstd);
+    // Allocated first, so that a failure leaves the running statistics untouched.
+    Buffer<C> mean(channels), scale(channels), shift_out(channels);
+    if (!mean.data || !scale.data || !shift_out.data) return false;
+
+    const int64_t count = outer * inner;
+    // Per channel: statistics, running statistics and the normalization's constants.
+    auto finalize = [&](int64_t c, double shift, double sum1, double sum2) {
+        BnMoments mo = bn_moments(double(count), sum1, sum2);
+        double batch_mean = shift + mo.mean;
+        save_mean[c] = S(batch_mean);
+        save_invstd[c] = S(bn_invstd(mo.var, call.eps));
+        if (running_mean != nullptr) {
+            running_mean[c] = S(bn_running_update(double(running_mean[c]), batch_mean, call.momentum));
+            double unbiased = mo.var * (double(count) / double(count - 1));
+            running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, call.momentum));
+        }
+    };
+    auto constants = [&](int64_t c) {
+        mean[c] = C(save_mean[c]);
+        scale[c] = (weight != nullptr ? C(weight[c]) : C(1)) * C(save_invstd[c]);
+        shift_out[c] = bias != nullptr ? C(bias[c]) : C(0);
+    };
+
+    const int nthreads = threads_for(count * channels, call.num_threads);
+    if (call.training && use_fused<X>(outer, channels, inner, nthreads)) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int64_t c = 0; c < channels; ++c) {
+            const double shift = load_as<double>(x[c * inner]);
+            auto add = [x, shift](int64_t k, int64_t, double& a, double& b) {
+                double d = load_as<double>(x[k]) - shift;
+                a += d;
+                b += d * d;
+            };
+            double sum1, sum2;
+            channel_sums(channels, inner, count, c, add, sum1, sum2);
+            finalize(c, shift, sum1, sum2);
+            constants(c);
+            const C mc = mean[c], sc = scale[c], bc = shift_out[c];
+            for (int64_t o = 0; o < outer; ++o) {
+                const X* __restrict__ xs = x + (o * channels + c) * inner;
+                X* __restrict__ ys = y + (o * channels + c) * inner;
+#pragma omp simd
+                for (int64_t j = 0; j < inner; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            }
+        }
+        return true;
+    }
+
+    if (call.training) {
+        Buffer<double> shift(channels), sum1(channels), sum2(channels);
+        if (!shift.data || !sum1.data || !sum2.data) return false;
+        for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
+        const double* __restrict__ sh = shift.data;
+        bool reduced = reduce(outer, channels, inner, call.num_threads, sum1.data, sum2.data,
+                              [x, sh](int64_t k, int64_t c, double& a, double& b) {
+                                  double d = load_as<double>(x[k]) - sh[c];
+                                  a += d;
+                                  b += d * d;
+                              });
+        if (!reduced) return false;
+        for (int64_t c = 0; c < channels; ++c) finalize(c, shift[c], sum1[c], sum2[c]);
+    } else {
+        for (int64_t c = 0; c < channels; ++c) {
+            save_mean[c] = running_mean[c];
+            save_invstd[c] = S(bn_invstd(double(running_var[c]), call.eps));
+        }
+    }
+    for (int64_t c = 0; c < channels; ++c) constants(c);
+
+    const C* __restrict__ m = mean.data;
+    const C* __restrict__ s = scale.data;
+    const C* __restrict__ b = shift_out.data;
+    for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
+        const X* __restrict__ xs = x + k;
+        X* __restrict__ ys = y + k;
+        if (inner == 1) {
+            const C* __restrict__ mc = m + c;
+            const C* __restrict__ sc = s + c;
+            const C* __restrict__ bc = b + c;
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j)
+                ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
+        } else {
+            const C mc = m[c], sc = s[c], bc = b[c];
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+        }
+    });
+    return true;
+}
+
+template <class X, class S>
+bool backward_typed(const BnBackwardCall& call) {
+    using C = S;
+    const X* __restrict__ dy = static_cast<const X*>(call.dy);
+    const X* __restrict__ x = static_cast<const X*>(call.x);
+    X* __restrict__ dx = static_cast<X*>(call.dx);
+    const int64_t channels = call.channels, inner = call.inner, outer = call.outer;
+    const S* weight = static_cast<const S*>(call.weight);
+    const S* save_mean = static_cast<const S*>(call.save_mean);
+    const S* save_invstd = static_cast<const S*>(call.save_invstd);
+    S* dweight = static_cast<S*>(call.dweight);
+    S* dbias = static_cast<S*>(call.dbias);
+    const int64_t count = outer * inner;
+
+    Buffer<double> mean_wide(channels), sum_dy(channels), sum_dy_xmu(channels);
+    Buffer<C> mean(channels), dy_coef(channels), x_coef(channels), offset(channels);
+    if (!mean_wide.data || !sum_dy.data || !sum_dy_xmu.data || !mean.data || !dy_coef.data || !x_coef.data ||
+        !offset.data)
+        return false;
+    for (int64_t c = 0; c < channels; ++c) mean_wide[c] = double(save_mean[c]);
+    // Per channel: parameter gradients and dx's coefficients from the two sums.
+    auto finalize = [&](int64_t c, double s_dy, double s_dy_xmu) {
+        double invstd = double(save_invstd[c]);
+        double w = weight != nullptr ? double(weight[c]) : 1.0;
+        BnGradCoefs k = bn_grad_coefs(w, invstd, double(count), s_dy, s_dy_xmu, call.training);
+        mean[c] = C(save_mean[c]);
+        dy_coef[c] = C(k.dy_coef);
+        x_coef[c] = C(k.x_coef);
+        offset[c] = C(k.offset);
+        if (dweight != nullptr) {
+            dweight[c] = S(s_dy_xmu * invstd);
+            dbias[c] = S(s_dy);
+        }
+    };
+    const bool needs_sums = call.training || dweight != nullptr;
+    const int nthreads = threads_for(count * channels, call.num_threads);
+    if (needs_sums && use_fused<X>(outer, channels, inner, nthreads)) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+        for (int64_t c = 0; c < channels; ++c) {
+            const double center = mean_wide[c];
+            auto add = [dy, x, center](int64_t k, int64_t, double& a, double& b) {
+                double g = load_as<double>(dy[k]);
+                a += g;
+                b += g * (load_as<double>(x[k]) - center);
+            };
+            double s_dy, s_dy_xmu;
+            channel_sums(channels, inner, count, c, add, s_dy, s_dy_xmu);
+            finalize(c, s_dy, s_dy_xmu);
+            const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
+            for (int64_t o = 0; o < outer; ++o) {
+                const int64_t base = (o * channels + c) * inner;
+                const X* __restrict__ dys = dy + base;
+                const X* __restrict__ xs = x + base;
+                X* __restrict__ dxs = dx + base;
+#pragma omp simd
+                for (int64_t j = 0; j < inner; ++j)
+                    dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            }
+        }
+        return true;
+    }
+    if (needs_sums) {
+        const double* __restrict__ mw = mean_wide.data;
+        bool reduced = reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data,
+                              [dy, x, mw](int64_t k, int64_t c, double& a, double& b) {
+                                  double g = load_as<double>(dy[k]);
+                                  a += g;
+                                  b += g * (load_as<double>(x[k]) - mw[c]);
+                              });
+        if (!reduced) return false;
+    }
+    for (int64_t c = 0; c < channels; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
+    const C* __restrict__ m = mean.data;
+    const C* __restrict__ a = dy_coef.data;
+    const C* __restrict__ b = x_coef.data;
+    const C* __restrict__ o = offset.data;
+    for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
+        const X* __restrict__ dys = dy + k;
+        const X* __restrict__ xs = x + k;
+        X* __restrict__ dxs = dx + k;
+        if (inner == 1) {
+            const C* __restrict__ mc = m + c;
+            const C* __restrict__ ac = a + c;
+            const C* __restrict__ bc = b + c;
+            const C* __restrict__ oc = o + c;
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j)
+                dxs[j] = store_as<X>(
+                    bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
+        } else {
+            const C mc = m[c], ac = a[c], bc = b[c], oc = o[c];
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j)
+                dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+        }
+    });
+    return true;
+}
+
+}  // namespace
+
+bool batch_norm_forward(const BnForwardCall& call) {
+    switch (call.dtype) {
+        case kFloat32: return forward_typed<float, float>(call);
+        case kFloat64: return forward_typed<double, double>(call);
+        case kFloat16: return forward_typed<f16_t, float>(call);
+        case kBFloat16: return forward_typed<bf16_t, float>(call);
+    }
+    return false;
+}
+
+bool batch_norm_backward(const BnBackwardCall& call) {
+    switch (call.dtype) {
+        case kFloat32: return backward_typed<float, float>(call);
+        case kFloat64: return backward_typed<double, double>(call);
+        case kFloat16: return backward_typed<f16_t, float>(call);
+        case kBFloat16: return backward_typed<bf16_t, float>(call);
+    }
+    return false;
+}
+
+}  // namespace fastopt::cpu::FASTOPT_ISA_NS
