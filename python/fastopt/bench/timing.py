@@ -1,0 +1,35 @@
+"""Timing: warm up, then the median of repeated samples, several callables interleaved."""
+import statistics
+import time
+
+
+def measure(fns, *, repeats, target_sample_s=0.004, warmup=2, sync=None):
+    """Seconds per call of each callable: a list of (median, samples) in the order given.
+
+    Each callable is warmed up, then timed in samples of `inner` back-to-back calls (enough calls
+    to last about `target_sample_s`, so the timer's resolution does not matter). The callables
+    take turns sample by sample, so that a burst of load from elsewhere on the machine hits all
+    of them alike, and a ratio of their medians stays fair. `sync` (e.g. a device synchronise)
+    runs before a sample's clock is read.
+    """
+    sync = sync or (lambda: None)
+    inner = []
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        one = max(time.perf_counter() - start, 1e-9)
+        inner.append(max(1, int(target_sample_s / one)))
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            calls = inner[k]
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            samples[k].append((time.perf_counter() - start) / calls)
+    return [(statistics.median(s), s) for s in samples]
