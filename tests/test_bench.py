@@ -286,3 +286,17 @@ def test_headline_reads_the_records():
     assert rows["every fp32 optimizer at n=6.4e+07"] == (0.85, False)
     assert rows["Adam n=6.4e+07 vs torch fused"] == (1.1, True)
     assert rows["gpt2-small Adam vs torch fused over the tensor list"] == (1.3, True)
+
+
+def test_a_reference_that_disagrees_is_reported_not_timed(monkeypatch):
+    right_step = impls.NumpyOptimizer.step
+
+    def wrong_step(self):
+        right_step(self)
+        self.opts[0].param[0] += 1.0
+
+    monkeypatch.setattr(impls.NumpyOptimizer, "step", wrong_step)
+    result = run(tiny_config(only="optimizers", sizes=(7,)))
+    numpy_adam = [r for r in result["records"] if r["workload"] == "Adam" and r["impl"] == "numpy"]
+    assert len(numpy_adam) == 1 and numpy_adam[0]["skipped"].startswith("CHECK FAILED")
+    assert "not timed" in bench_runner.markdown_table(result["records"])

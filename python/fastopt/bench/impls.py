@@ -24,9 +24,10 @@ class Skipped(Exception):
 # part covers values that cancel to near zero (p - update, sq - gavg^2).
 # float64: the same argument with 2^-53.
 TOLERANCES = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}
-# NumPy and torch compute the clipping norm in float32 (fastopt in float64): over 1e7 elements
-# that norm may be off by ~1e-5 relative, and the clip factor with it (squared in exp_avg_sq).
-REFERENCE_CLIP_TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-12, 1e-13)}
+# NumPy and torch accumulate the clipping norm in float32 (fastopt in float64): torch's norm of
+# 1e7 float32 values was measured 3e-4 relative off, and the clip factor with it (squared in
+# exp_avg_sq). 5e-3 allows for 1e8 values and still catches any other difference of settings.
+REFERENCE_CLIP_TOLERANCES = {"float32": (5e-3, 1e-5), "float64": (1e-12, 1e-13)}
 # BatchNorm reduces over up to 2e5 elements per channel in float32; blocked sums stay within
 # ~log2(M) * 2^-24 of exact, so 1e-4 relative leaves a wide margin and still catches any wrong term.
 BATCHNORM_TOLERANCES = {"float32": (1e-4, 1e-4), "float64": (1e-10, 1e-10)}
