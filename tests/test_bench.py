@@ -187,7 +187,7 @@ def test_json_has_the_machine_description(tmp_path, capsys):
     result = json.loads(path.read_text())
     machine = result["machine"]
     for key in ("cpu", "logical_cpus", "memory_gib", "python", "numpy", "fastopt", "backends", "platform",
-                "date_utc", "load_average_at_start"):
+                "date_utc", "load_average_at_start", "environment"):
         assert key in machine, key
     assert machine["backends"]["cpu"]["available"]
     assert result["config"]["sizes"] == [1031]

@@ -56,6 +56,9 @@ def machine_description():
             "python": platform.python_version(), "numpy": np.__version__,
             "fastopt": fastopt.__version__, "logical_cpus": os.cpu_count(),
             "fastopt_threads": fastopt.get_num_threads(), "backends": fastopt.backends()}
+    # Threading settings change the timings (OMP_WAIT_POLICY decides whether idle workers spin).
+    info["environment"] = {k: v for k, v in os.environ.items()
+                           if k.startswith(("OMP_", "GOMP_", "KMP_", "FASTOPT_", "NUMBA_NUM", "MKL_NUM"))}
     try:
         info["usable_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -107,12 +110,14 @@ class Run:
     def add(self, **record):
         if "samples" in record:
             record["best_seconds"] = min(record["samples"])  # the least disturbed sample, for noisy machines
+            # Samples that spread this much were disturbed by other work on the machine.
+            record["noisy"] = record["seconds"] > 1.5 * record["best_seconds"]
         self.records.append(record)
         if "skipped" in record:
             self.log(f"    {record['impl']:<16} {'' if 'CHECK FAILED' in record['skipped'] else 'skipped: '}"
                      f"{record['skipped']}")
             return
-        line = f"    {record['impl']:<16} {_fmt_time(record['seconds'])}"
+        line = f"    {record['impl']:<16} {_fmt_time(record['seconds'])}{'*' if record['noisy'] else ' '}"
         if record.get("elements_per_s"):
             line += f"  {record['elements_per_s'] / 1e9:7.3f} Gelem/s"
         if record.get("gb_per_s"):
@@ -440,15 +445,20 @@ def markdown_table(records):
             return f"{s[key]:.2f}x" if key in s else "-"
 
         frac = r.get("fraction_of_limit")
-        lines.append(f"| {r['workload']} | {r['size']:.3g} | {r['threads']} | {r['impl']} | {_fmt_time(r['seconds']).strip()} "
+        noisy = "*" if r.get("noisy") else ""
+        lines.append(f"| {r['workload']} | {r['size']:.3g} | {r['threads']} | {r['impl']} | {_fmt_time(r['seconds']).strip()}{noisy} "
                      f"| {r['elements_per_s'] / 1e9:.2f} | {r['gb_per_s']:.1f} | {'-' if frac is None else f'{100 * frac:.0f}%'} "
                      f"| {x('numpy')} | {x('torch-foreach')} | {x('torch-fused') if 'torch-fused' in s else x('torch')} |")
     over = [r for r in records if r["kind"] == "overhead" and "seconds" in r]
     if over:
         lines += ["", "| 1e3-element Adam step | threads | microseconds per call |", "|---|---:|---:|"]
-        lines += [f"| {r['impl']} | {r['threads']} | {r['microseconds']:.2f} |" for r in over]
-    for note in dict.fromkeys(skipped):
-        lines.append(f"\nNot measured: {note}")
+        lines += [f"| {r['impl']} | {r['threads']} | {r['microseconds']:.2f}{'*' if r.get('noisy') else ''} |"
+                  for r in over]
+    if any(r.get("noisy") for r in records):
+        lines.append("\n\\* the median sample took over 1.5x the best one: other work disturbed this measurement.")
+    if skipped:
+        lines.append("\nNot measured:")
+        lines += [f"- {note}" for note in dict.fromkeys(skipped)]
     return "\n".join(lines)
 
 
