@@ -300,3 +300,24 @@ def test_a_reference_that_disagrees_is_reported_not_timed(monkeypatch):
     numpy_adam = [r for r in result["records"] if r["workload"] == "Adam" and r["impl"] == "numpy"]
     assert len(numpy_adam) == 1 and numpy_adam[0]["skipped"].startswith("CHECK FAILED")
     assert "not timed" in bench_runner.markdown_table(result["records"])
+
+
+def test_only_selects_by_whole_names():
+    cfg = tiny_config(only="Adam,gpt2")
+    assert cfg.wants("Adam", "optimizers") and not cfg.wants("AdamW", "optimizers")
+    assert not cfg.wants("NAdam", "optimizers") and not cfg.wants("Adamax", "optimizers")
+    assert cfg.wants("gpt2-small", "AdamW", "models") and not cfg.wants("resnet50", "SGD", "models")
+    assert tiny_config(only=None).wants("anything")
+
+
+def test_module_entry_point_runs():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-m", "fastopt", "bench", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and "--quick" in out.stdout and "--json" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "fastopt"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "bench" in out.stderr

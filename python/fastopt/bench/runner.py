@@ -37,11 +37,12 @@ class Config:
         self.out = stream
 
     def wants(self, *names):
-        """--only matching: any of the names (workload, group) contains a requested word."""
+        """--only matching: a requested word equals one of the names (optimizer, model, group),
+        case-insensitively, or is the part before a dash ("gpt2" for "gpt2-small")."""
         if not self.only:
             return True
         names = [n.lower() for n in names]
-        return any(word in n for word in self.only for n in names)
+        return any(word == n or n.startswith(word + "-") for word in self.only for n in names)
 
     def as_dict(self):
         return {"quick": self.quick, "only": self.only, "threads": self.threads, "backends": self.backends,
@@ -171,7 +172,7 @@ class Run:
             for bn in workloads.BATCHNORM:
                 if cfg.quick and bn.name not in workloads.BATCHNORM_QUICK:
                     continue
-                if cfg.wants("batchnorm", "bn", bn.name):
+                if cfg.wants("batchnorm", "bn"):
                     self.tasks.append((f"BatchNorm {bn.name} threads={threads}",
                                        lambda b=bn, t=threads: self.batchnorm_task(b, t)))
             if cfg.wants("overhead"):
