@@ -102,12 +102,13 @@ def test_bytes_per_element_float64_and_clipping():
 # ---- a run ------------------------------------------------------------------------------------------
 
 def test_tiny_run_of_every_optimizer_completes_and_checks():
-    # 1031 elements on one thread, 70001 on two: below and above the parallel threshold.
-    result = run(tiny_config(only="optimizers", sizes=(1031, 70_001), threads=[1, 2]))
+    # An odd size that fills no SIMD vector; the split over threads is the stream tests' and the
+    # kernels' own tests' concern.
+    result = run(tiny_config(only="optimizers", sizes=(1031,), threads=[1]))
     measured = [r for r in result["records"] if "seconds" in r]
     fast = [r for r in measured if r["impl"] == "fastopt[cpu]"]
     assert {r["workload"] for r in fast} == {s.name for s in workloads.OPTIMIZERS}
-    assert len(fast) == len(workloads.OPTIMIZERS) * 4
+    assert len(fast) == len(workloads.OPTIMIZERS)
     for r in fast:
         assert r["check"]["passed"] and r["check"]["elements"] == r["size"]
         assert r["seconds"] > 0 and r["limit_gb_per_s"] > 0 and r["fraction_of_limit"] > 0

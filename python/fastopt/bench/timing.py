@@ -15,13 +15,17 @@ def measure(fns, *, repeats, target_sample_s=0.004, warmup=2, sync=None):
     sync = sync or (lambda: None)
     inner = []
     for fn in fns:
-        for _ in range(warmup):
+        for _ in range(max(0, warmup - 1)):
             fn()
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        one = max(time.perf_counter() - start, 1e-9)
+        # The slower of two timed calls sets the calls per sample: one lucky call must not make
+        # every sample of a machine with stalls last many times the target.
+        one = 1e-9
+        for _ in range(2):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            one = max(one, time.perf_counter() - start)
         inner.append(max(1, int(target_sample_s / one)))
     samples = [[] for _ in fns]
     for _ in range(repeats):
