@@ -322,3 +322,19 @@ def test_module_entry_point_runs():
     assert out.returncode == 0 and "--quick" in out.stdout and "--json" in out.stdout
     out = subprocess.run([sys.executable, "-m", "fastopt"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2 and "bench" in out.stderr
+
+
+def test_measure_interleaves_and_caps_its_time():
+    import time
+
+    from fastopt.bench.timing import measure
+
+    order = []
+    fast = lambda: order.append("a")  # noqa: E731
+    slow = lambda: (order.append("b"), time.sleep(0.01))  # noqa: E731
+    (t_fast, s_fast), (t_slow, s_slow) = measure([fast, slow], repeats=100, target_sample_s=0.001,
+                                                 warmup=1, max_time_s=0.05)
+    assert 3 <= len(s_slow) < 100 and len(s_fast) == len(s_slow)
+    assert t_slow >= 0.01 > t_fast
+    timed = order[order.index("b") + 2:]  # after the warm-up and calibration calls
+    assert "a" in timed[timed.index("b"):]  # the callables take turns

@@ -34,6 +34,7 @@ class Config:
         self.sizes = tuple(sizes) if sizes else (workloads.SIZES_QUICK if quick else workloads.SIZES_FULL)
         self.repeats = repeats or (5 if quick else 9)
         self.target_sample_s = 0.002 if quick else 0.005
+        self.max_time_s = 0.2 if quick else 3.0  # of sampling per measurement, once 3 rounds are done
         self.out = stream
 
     def wants(self, *names):
@@ -216,7 +217,8 @@ class Run:
             except ImportError:
                 stream = None
             fns = [impl.step] + ([stream] if stream else [])
-            timed = measure(fns, repeats=cfg.repeats, target_sample_s=cfg.target_sample_s, sync=impl.sync)
+            timed = measure(fns, repeats=cfg.repeats, target_sample_s=cfg.target_sample_s,
+                            max_time_s=cfg.max_time_s, sync=impl.sync)
             seconds, samples = timed[0]
             record = dict(base, impl=impl.label, backend=backend, seconds=seconds, samples=samples,
                           elements_per_s=data.n / seconds, bytes_per_element=impl.bytes_per_element(),
@@ -249,8 +251,9 @@ class Run:
             except impls.CheckFailed as exc:
                 self.add(**base, impl=label, skipped=f"CHECK FAILED, not timed: {exc}")
                 continue
-            seconds, samples = measure([impl.step], repeats=max(3, cfg.repeats - 4) if data.n >= 10**7
-                                       else cfg.repeats, target_sample_s=cfg.target_sample_s)[0]
+            repeats = max(3, cfg.repeats - 4) if data.n >= 10**7 else cfg.repeats
+            seconds, samples = measure([impl.step], repeats=repeats, target_sample_s=cfg.target_sample_s,
+                                       max_time_s=cfg.max_time_s)[0]
             self.add(**base, impl=label, backend="cpu", seconds=seconds, samples=samples,
                      elements_per_s=data.n / seconds, check=check)
             impl.close()
@@ -298,7 +301,7 @@ class Run:
                     fn = impl.forward_only
                 stream = Stream("cpu", "float32", n, passes, threads) if is_fastopt else None
                 timed = measure([fn] + ([stream] if stream else []), repeats=cfg.repeats,
-                                target_sample_s=cfg.target_sample_s)
+                                target_sample_s=cfg.target_sample_s, max_time_s=cfg.max_time_s)
                 seconds, samples = timed[0]
                 nbytes = pattern_bytes(passes, 4)
                 record = dict(base, workload=f"BN {direction} {bn.name}", impl=label,
@@ -339,7 +342,8 @@ class Run:
                 step_count[0] += 1
                 fastopt.functional.adam(p, g, m, v, step=step_count[0], lr=1e-3, backend=backend)
 
-            timed = measure([functional_step, klass.step], repeats=repeats, target_sample_s=0.01)
+            timed = measure([functional_step, klass.step], repeats=repeats, target_sample_s=0.01,
+                                max_time_s=4 * cfg.max_time_s)
             for api, (seconds, samples) in zip(("functional", "class"), timed):
                 self.add(**base, impl=f"fastopt[{backend}] {api}", backend=backend, api=api, seconds=seconds,
                          samples=samples, microseconds=seconds * 1e6, check=check)
@@ -357,7 +361,8 @@ class Run:
             except impls.CheckFailed as exc:
                 self.add(**base, impl=label, skipped=f"CHECK FAILED, not timed: {exc}")
                 continue
-            seconds, samples = measure([impl.step], repeats=repeats, target_sample_s=0.01)[0]
+            seconds, samples = measure([impl.step], repeats=repeats, target_sample_s=0.01,
+                                max_time_s=4 * cfg.max_time_s)[0]
             self.add(**base, impl=label, backend="cpu", seconds=seconds, samples=samples,
                      microseconds=seconds * 1e6, check=check)
 
