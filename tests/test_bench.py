@@ -338,3 +338,20 @@ def test_measure_interleaves_and_caps_its_time():
     assert t_slow >= 0.01 > t_fast
     timed = order[order.index("b") + 2:]  # after the warm-up and calibration calls
     assert "a" in timed[timed.index("b"):]  # the callables take turns
+
+
+def test_a_backend_without_the_kernel_is_listed_not_fatal(monkeypatch):
+    real = _backend.BACKENDS["cpu"].module
+
+    class NoOptimizers:
+        def __getattr__(self, name):
+            if name == "optimizer_step":
+                raise AttributeError("module has no attribute 'optimizer_step'")
+            return getattr(real, name)
+
+    monkeypatch.setattr(_backend.BACKENDS["cpu"], "_module", NoOptimizers())
+    result = run(tiny_config(only="SGD", sizes=(7,)))
+    fast = [r for r in result["records"] if r["impl"] == "fastopt[cpu]"]
+    assert fast and all("cannot run this workload: AttributeError" in r["skipped"] for r in fast)
+    assert any(r["impl"] == "numpy" and "seconds" in r for r in result["records"])
+    assert "Not measured:" in bench_runner.markdown_table(result["records"])

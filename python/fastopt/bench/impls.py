@@ -4,6 +4,7 @@ Every optimizer implementation works on the same data (`StepData`: initial param
 gradient, split into tensors) and exposes `step()` and `arrays()`, the parameters and each
 state array as a list of flat pieces, one per tensor, so all of them compare to one reference.
 """
+import inspect
 import math
 
 import numpy as np
@@ -17,6 +18,21 @@ class CheckFailed(AssertionError):
 
 class Skipped(Exception):
     """An implementation that cannot run here (torch absent, no fused kernel ...); says why."""
+
+
+def _backend_gaps():
+    from .._backend import BackendUnavailableError
+
+    return (BackendUnavailableError, NotImplementedError, AttributeError)
+
+
+# What a backend that lacks a kernel family raises on its first call: the workload is listed as
+# not measured on that backend, with the reason, and the run goes on.
+BACKEND_GAPS = _backend_gaps()
+
+
+def gap_reason(backend, exc):
+    return f"backend '{backend}' cannot run this workload: {type(exc).__name__}: {exc}"
 
 
 # |result - reference| <= rtol * |reference| + atol_fraction * max|reference of the chunk|.
@@ -300,19 +316,33 @@ class FastoptBatchNorm:
         self.sync = None
         self.running_mean = np.zeros(data.weight.size, np.float32)
         self.running_var = np.ones(data.weight.size, np.float32)
+        # Outputs allocated once where the API takes them (as the NumPy baseline does): a training
+        # loop then allocates nothing per step.
+        self.forward_buffers, self.backward_buffers = {}, {}
+        forward_params = inspect.signature(fastopt.batch_norm_forward).parameters
+        backward_params = inspect.signature(fastopt.batch_norm_backward).parameters
+        channels = data.weight.size
+        if "out" in forward_params:
+            self.forward_buffers["out"] = np.empty_like(data.x)
+        if "save" in forward_params:
+            self.forward_buffers["save"] = (np.empty(channels, np.float32), np.empty(channels, np.float32))
+        if "out" in backward_params:
+            self.backward_buffers["out"] = np.empty_like(data.x)
+        if "param_grads" in backward_params:
+            self.backward_buffers["param_grads"] = (np.empty(channels, np.float32), np.empty(channels, np.float32))
 
     def forward(self):
         d = self.d
         self.out = self.fo.batch_norm_forward(d.x, d.weight, d.bias, self.running_mean, self.running_var,
                                               training=True, momentum=0.1, eps=1e-5, axis=d.axis,
-                                              backend=self.backend)
+                                              backend=self.backend, **self.forward_buffers)
         return self.out
 
     def backward(self):
         d = self.d
         _, mean, invstd = self.out
         return self.fo.batch_norm_backward(d.dy, d.x, d.weight, mean, invstd, axis=d.axis, training=True,
-                                           backend=self.backend)
+                                           backend=self.backend, **self.backward_buffers)
 
 
 class NumpyBatchNormImpl:

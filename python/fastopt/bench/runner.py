@@ -116,10 +116,11 @@ class Run:
             record["noisy"] = record["seconds"] > 1.5 * record["best_seconds"]
         self.records.append(record)
         if "skipped" in record:
-            self.log(f"    {record['impl']:<16} {'' if 'CHECK FAILED' in record['skipped'] else 'skipped: '}"
+            self.log(f"    {record['impl']:<24} {'' if 'CHECK FAILED' in record['skipped'] else 'skipped: '}"
                      f"{record['skipped']}")
             return
-        line = f"    {record['impl']:<16} {_fmt_time(record['seconds'])}{'*' if record['noisy'] else ' '}"
+        name = record["impl"] + (" " + record["workload"].split()[1] if record["kind"] == "batchnorm" else "")
+        line = f"    {name:<24} {_fmt_time(record['seconds'])}{'*' if record['noisy'] else ' '}"
         if record.get("elements_per_s"):
             line += f"  {record['elements_per_s'] / 1e9:7.3f} Gelem/s"
         if record.get("gb_per_s"):
@@ -209,8 +210,12 @@ class Run:
         if max_grad_norm is not None:
             base["max_grad_norm"] = max_grad_norm
         for backend in cfg.backends:
-            impl = impls.FastoptOptimizer(spec, data, backend, max_grad_norm)
-            check = impls.check_optimizer(impl, spec, data, max_grad_norm=max_grad_norm)
+            try:
+                impl = impls.FastoptOptimizer(spec, data, backend, max_grad_norm)
+                check = impls.check_optimizer(impl, spec, data, max_grad_norm=max_grad_norm)
+            except impls.BACKEND_GAPS as exc:
+                self.add(**base, impl=f"fastopt[{backend}]", backend=backend, skipped=impls.gap_reason(backend, exc))
+                continue
             try:  # the CPU stream lives in the extension: no limit when only Numba is there
                 stream = Stream(backend, data.dtype if data.dtype.itemsize >= 4 else "float32",
                                 impl.n_kernel, impl.passes(), threads)
@@ -288,6 +293,13 @@ class Run:
             is_fastopt = label.startswith("fastopt")
             try:
                 check = impls.check_batchnorm(impl, data)
+            except impls.BACKEND_GAPS as exc:
+                if not is_fastopt:
+                    raise
+                for direction in ("forward", "backward"):
+                    self.add(**base, workload=f"BN {direction} {bn.name}", impl=label,
+                             skipped=impls.gap_reason(label[8:-1], exc))
+                continue
             except impls.CheckFailed as exc:
                 if is_fastopt:
                     raise
@@ -332,8 +344,12 @@ class Run:
         for backend in cfg.backends:
             if backend == "cuda":
                 continue
-            klass = impls.FastoptOptimizer(spec, data, backend)
-            check = impls.check_optimizer(klass, spec, data)
+            try:
+                klass = impls.FastoptOptimizer(spec, data, backend)
+                check = impls.check_optimizer(klass, spec, data)
+            except impls.BACKEND_GAPS as exc:
+                self.add(**base, impl=f"fastopt[{backend}]", backend=backend, skipped=impls.gap_reason(backend, exc))
+                continue
             p, g = data.p0.copy(), data.g
             m, v = np.zeros_like(p), np.zeros_like(p)
             step_count = [0]
