@@ -35,6 +35,21 @@ def tiny_config(**overrides):
 @pytest.mark.parametrize("pattern", [(1, 3, 0), (0, 2, 0), (2, 0, 1), (1, 5, 2), (1, 0, 0)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_stream_writes_the_mean_of_what_it_reads(dtype, n, pattern, threads):
+    for level in LEVELS:  # every compiled ISA level this CPU can run
+        if LEVELS.index(level) > LEVELS.index(cpu.best_isa()):
+            continue
+        active = cpu.isa()
+        cpu.select_isa(level)
+        try:
+            check_stream(dtype, n, pattern, threads)
+        finally:
+            cpu.select_isa(active)
+
+
+LEVELS = ("baseline", "x86-64-v3", "x86-64-v4")
+
+
+def check_stream(dtype, n, pattern, threads):
     ro, rw, wo = pattern
     rng = np.random.default_rng(n)
     arrays = [rng.standard_normal(n).astype(dtype) for _ in range(ro + rw + wo)]
