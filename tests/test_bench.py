@@ -136,6 +136,9 @@ def test_tiny_run_of_every_optimizer_completes_and_checks():
         assert torch_runs == {s.name for s in workloads.OPTIMIZERS} - {"Lion"}
         skipped = {r["workload"]: r["skipped"] for r in result["records"] if "skipped" in r}
         assert "Lion" in skipped
+        fused = [r for r in measured if r["impl"] == "torch-fused"]
+        assert {r["workload"] for r in fused} >= {"Adam", "AdamW", "SGD"}
+        assert all(r["interleaved_with_fastopt"] and r["check"]["passed"] for r in fused)
 
 
 def test_run_models_clip_and_overhead(monkeypatch):
