@@ -1,0 +1,80 @@
+"""Command line of the benchmark: `python -m fastopt bench [options]`."""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="fastopt bench", description=(
+        "Check, then time fastopt's kernels against the memory-bandwidth limit measured in the same "
+        "run, NumPy in-place ufuncs and torch (when installed)."))
+    p.add_argument("--quick", action="store_true", help="small sizes, all threads only: under a minute")
+    p.add_argument("--json", metavar="PATH", help="write every result and the machine description as JSON")
+    p.add_argument("--plot", metavar="PATH", help="draw a PNG: bandwidth fraction and speed-ups")
+    p.add_argument("--markdown", metavar="PATH", help="write the result tables as Markdown")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated words: optimizer names (Adam, SGD ...), "
+                   "'optimizers', 'models', model names (resnet50, gpt2), 'clip', 'batchnorm', 'overhead'")
+    p.add_argument("--threads", metavar="N", type=_int_list,
+                   help="thread counts to measure, e.g. 1,2 (default: 1 and all)")
+    p.add_argument("--backends", metavar="NAMES", help="comma-separated: cpu, numba, cuda (default: all available)")
+    p.add_argument("--sizes", metavar="N", type=_int_list, help="element counts of the optimizer sweep")
+    p.add_argument("--repeats", metavar="N", type=int, help="timed samples per measurement (median reported)")
+    return p
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def main(argv=None):
+    from . import CheckFailed, Config, headline_text, markdown_table, run
+
+    args = parser().parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser().error("--repeats must be >= 1")
+    config = Config(quick=args.quick, only=args.only, threads=args.threads,
+                    backends=args.backends.split(",") if args.backends else None,
+                    sizes=args.sizes, repeats=args.repeats)
+    print(f"fastopt bench: backends {', '.join(config.backends)}; threads {config.threads}"
+          + "".join(f"; {name} unavailable: {why}" for name, why in config.unavailable.items()), file=sys.stderr)
+    try:
+        result = run(config)
+    except CheckFailed as exc:
+        print(f"fastopt bench: CORRECTNESS CHECK FAILED, nothing more measured:\n  {exc}", file=sys.stderr)
+        return 1
+    table = markdown_table(result["records"])
+    print(table)
+    rows = [(h["figure"], h["measured"], h["target"], h["met"]) for h in result["headline"]]
+    if rows:
+        print()
+        print(headline_text(rows))
+    print(f"\n({result['elapsed_s']:.0f} s)", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=_json_default)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + ("\n\n" + headline_text(rows) if rows else "") + "\n")
+    if args.plot:
+        from .plot import plot
+
+        plot(result, args.plot)
+    return 0
