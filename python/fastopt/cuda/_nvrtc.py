@@ -57,16 +57,17 @@ class NvrtcError(RuntimeError):
     pass
 
 
-def compile_check(source_name, name_expressions, arch, extra_options=()):
+def compile_check(source_name, name_expressions, arch, extra_options=(), source=None):
     """Compiles `source_name` with every template instantiation in `name_expressions` for `arch`
     (e.g. "compute_80" for PTX, "sm_90" for SASS) with the production options. Returns the
     compile log (with `extra_options` such as "--ptxas-options=-v" for an sm_ target, it reports
-    registers and spills); raises NvrtcError with the log when compilation fails or a name is missing."""
+    registers and spills; `source` replaces the file's text, e.g. to show a broken kernel fails);
+    raises NvrtcError with the log when compilation fails or a name is missing."""
     import ctypes
 
     nvrtc = _load_nvrtc()
     prog = ctypes.c_void_p()
-    source = read_source(source_name).encode()
+    source = (read_source(source_name) if source is None else source).encode()
 
     def check(status, what):
         if status != 0:
