@@ -16,6 +16,7 @@ using namespace fastopt::cpu;
 
 // Other kernel families register their functions from their own bind_*.cpp files.
 void register_batchnorm(py::module_& m);  // bind_batchnorm.cpp
+void register_checks(py::module_& m);     // bind_checks.cpp
 void register_bench(py::module_& m);      // bind_bench.cpp
 void register_internal(py::module_& m);   // bind_internal.cpp
 
@@ -25,7 +26,7 @@ void* data_of(py::array& a) { return a.mutable_data(); }
 
 void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                     py::array param, py::array grad, py::object master, py::tuple states,
-                    const std::vector<double>& scalars, double grad_scale, double weight_decay,
+                    py::tuple scalars, double grad_scale, double weight_decay,
                     double decay_factor, uint32_t rounding_seed) {
     StepCall call{};
     call.optimizer = optimizer;
@@ -42,7 +43,11 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
         call.states[i] = s.mutable_data();
     }
     if (scalars.size() > std::size(call.scalars)) throw std::invalid_argument("too many scalars");
-    std::copy(scalars.begin(), scalars.end(), call.scalars);
+    // Read straight from the tuple: converting it to a std::vector costs more than a small step.
+    for (size_t i = 0; i < scalars.size(); ++i) {
+        call.scalars[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(scalars.ptr(), i));
+        if (call.scalars[i] == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    }
     call.n = param.size();
     call.grad_scale = grad_scale;
     call.weight_decay = weight_decay;
@@ -82,6 +87,7 @@ PYBIND11_MODULE(_cpu, m) {
         return counts;
     });
     register_batchnorm(m);
+    register_checks(m);
     register_bench(m);
     register_internal(m);
 }

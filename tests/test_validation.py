@@ -1,5 +1,6 @@
 """Bad input raises ValueError or TypeError naming the argument, before anything is written:
 every array passed to a failing call is bit-identical afterwards."""
+import itertools
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 import fastopt
 from fastopt import functional as F
+from conftest import CPU_BACKENDS
 
 N = 37
 
@@ -514,3 +516,95 @@ def test_param_made_read_only_after_a_cached_step_is_refused_by_name(backend):
     p.flags.writeable = True
     opt.step(g)
     assert opt.state["step"] == 2 and not np.array_equal(p, before)
+
+
+# ---- the compiled fast path of the array checks -----------------------------------------------
+
+def _array_variants(dtype, n=N):
+    """(label, array) of `dtype`: valid, and each way an array can be refused or tricky."""
+    base = np.zeros(n, dtype)
+    strided = np.zeros(2 * n, dtype)[::2]
+    read_only = np.zeros(n, dtype)
+    read_only.flags.writeable = False
+    raw = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
+    misaligned = raw[1:].view(dtype) if np.dtype(dtype).itemsize > 1 else None
+    variants = [("ok", base), ("short", np.zeros(n - 1, dtype)), ("strided", strided),
+                ("read-only", read_only), ("empty", np.zeros(0, dtype)), ("2d", np.zeros((1, n), dtype))]
+    if misaligned is not None:
+        variants.append(("misaligned", misaligned))
+    return variants
+
+
+def _step_array_cases():
+    """(param, grad, master, states, seeded) combinations over every dtype, option and fault."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dtypes = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int32, np.dtype(">f4"), np.uint16]
+    fresh_of = {np.dtype(d): np.zeros(N, d) for d in dtypes}
+    cases = []
+    # Every dtype combination of param, grad, master and two states, valid layouts.
+    for p_dt, g_dt in itertools.product(dtypes, dtypes):
+        for m_dt in (None, np.float32, np.float64, np.float16):
+            for state_dts in ((), (np.float32,), (np.float64,), (ml_dtypes.bfloat16,), (np.float16,),
+                              (np.float32, np.float32), (np.float32, ml_dtypes.bfloat16),
+                              (np.float64, np.float64), (ml_dtypes.bfloat16, ml_dtypes.bfloat16)):
+                for seeded in (False, True):
+                    param = np.zeros(N, p_dt)
+                    grad = np.zeros(N, g_dt)
+                    master = None if m_dt is None else np.zeros(N, m_dt)
+                    states = tuple(np.zeros(N, d) for d in state_dts)
+                    cases.append((param, grad, master, states, seeded))
+    # Each layout fault (and the empty edge) in each position of valid float32 and half steps.
+    for p_dt, g_dt, m_dt, s_dt in [(np.float32, np.float32, None, np.float32),
+                                   (np.float16, np.float32, np.float32, np.float32),
+                                   (ml_dtypes.bfloat16, ml_dtypes.bfloat16, np.float32, ml_dtypes.bfloat16)]:
+        def valid():
+            return [np.zeros(N, p_dt), np.zeros(N, g_dt), None if m_dt is None else np.zeros(N, m_dt),
+                    (np.zeros(N, s_dt), np.zeros(N, s_dt))]
+        for position in range(5):
+            dtype = [p_dt, g_dt, m_dt, s_dt, s_dt][position]
+            if dtype is None:
+                continue
+            for _, variant in _array_variants(dtype):
+                param, grad, master, (s0, s1) = valid()
+                slots = [param, grad, master, s0, s1]
+                slots[position] = variant
+                cases.append((slots[0], slots[1], slots[2], (slots[3], slots[4]), False))
+        # Aliasing: every pair of arrays sharing memory, and empty arrays (which share none).
+        param, grad, master, (s0, s1) = valid()
+        cases.append((param, param.view(g_dt) if np.dtype(g_dt) == np.dtype(p_dt) else grad, master, (s0, s1), False))
+        cases.append((param, grad, master, (s0, s0), False))
+        cases.append((param, grad, master, (s0, s0[::-1].copy()), False))
+        cases.append((param, s0.view(g_dt) if np.dtype(g_dt) == np.dtype(s_dt) else grad, master, (s0, s1), False))
+        if master is not None:
+            cases.append((param, grad, master, (master.view(s_dt) if np.dtype(s_dt) == np.float32 else s0, s1), False))
+        buf = np.zeros(2 * N, s_dt)
+        cases.append((param, grad, master, (buf[:N], buf[N // 2:N // 2 + N]), False))
+        cases.append((param, grad, master, (buf[:N], buf[N:]), False))  # adjacent, not overlapping
+        cases.append((param[:0], grad[:0], None if master is None else master[:0], (s0[:0], s0[:0]), False))
+    cases.append((fresh_of[np.dtype(np.float32)], [0.0] * N, None, (), False))
+    cases.append((fresh_of[np.dtype(np.float32)], fresh_of[np.dtype(np.float32)].copy(), None, (None,), False))
+    return cases
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="compiled extension not available")
+def test_compiled_array_checks_accept_exactly_what_the_python_checks_accept():
+    """step_arrays' fast path (csrc/bind_checks.cpp) must refuse whatever python_step_arrays
+    refuses (its error message comes from there) and give the same dtype codes otherwise."""
+    from fastopt import _checks
+
+    fast = _checks._fast_step_codes()
+    accepted = refused = 0
+    for param, grad, master, states, seeded in _step_array_cases():
+        named = [(f"state{i}", s) for i, s in enumerate(states)]
+        try:
+            arrays = _checks.python_step_arrays(param, grad, named, master, None, None, 7 if seeded else None)
+        except (TypeError, ValueError):
+            expected = None
+            refused += 1
+        else:
+            expected = (arrays.param_code, arrays.grad_code, arrays.state_code)
+            accepted += 1
+        got = fast(param, grad, master, states, seeded)
+        assert got == expected, (param.dtype, getattr(grad, "dtype", None), getattr(master, "dtype", None),
+                                 [getattr(s, "dtype", None) for s in states], seeded)
+    assert accepted > 50 and refused > 1000, (accepted, refused)  # the cases reach both outcomes

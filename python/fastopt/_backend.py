@@ -2,7 +2,8 @@
 
 NumPy arrays go to "cpu" (the compiled C++/OpenMP extension), or to "numba" when the extension
 cannot be imported; CuPy arrays go to "cuda". A `backend=` keyword, `use_backend()` and the
-FASTOPT_BACKEND environment variable override the choice for NumPy arrays.
+FASTOPT_BACKEND environment variable (read when fastopt is imported) override the choice for
+NumPy arrays.
 """
 import contextlib
 import contextvars
@@ -124,6 +125,8 @@ class _CudaBackend(_Backend):
 
 
 BACKENDS = {b.name: b for b in (_CpuBackend(), _NumbaBackend(), _CudaBackend())}
+# Read once, when fastopt is imported (reading os.environ costs more than a small step).
+_ENV_BACKEND = os.environ.get("FASTOPT_BACKEND") or None
 _override = contextvars.ContextVar("fastopt_backend", default=None)
 
 
@@ -160,30 +163,38 @@ def array_kind(a):
     return None
 
 
+_defaults = {}  # array kind -> its default backend, once found available (that does not change)
+
+
+def _default(kind):
+    chosen = _defaults.get(kind)
+    if chosen is None:
+        if kind == "cupy":
+            chosen = BACKENDS["cuda"]
+            chosen.module  # raises BackendUnavailableError with the reason
+        else:
+            cpu = BACKENDS["cpu"]
+            chosen = cpu if cpu.available else BACKENDS["numba"]
+            if not chosen.available:
+                raise BackendUnavailableError(
+                    f"no CPU backend: cpu: {cpu._reason}; numba: {BACKENDS['numba']._reason}")
+        _defaults[kind] = chosen
+    return chosen
+
+
 def select(kind, backend=None):
     """The backend object for arrays of `kind`, honouring the overrides; raises if unavailable."""
     if backend is not None:
         chosen = _named(backend, "backend")
         source = "backend="
     else:
-        name = _override.get() or os.environ.get("FASTOPT_BACKEND") or None
-        if name is not None:
-            chosen = _named(name, "FASTOPT_BACKEND / use_backend")
-            source = "FASTOPT_BACKEND / use_backend"
-            if chosen.array_kind != kind:  # a CPU override does not apply to CuPy arrays
-                chosen = None
-        else:
-            chosen = None
-        if chosen is None:
-            if kind == "cupy":
-                chosen = BACKENDS["cuda"]
-            else:
-                cpu = BACKENDS["cpu"]
-                chosen = cpu if cpu.available else BACKENDS["numba"]
-                if not chosen.available:
-                    raise BackendUnavailableError(
-                        f"no CPU backend: cpu: {cpu._reason}; numba: {BACKENDS['numba']._reason}")
-            return chosen
+        name = _override.get() or _ENV_BACKEND
+        if not name:
+            return _default(kind)
+        chosen = _named(name, "FASTOPT_BACKEND / use_backend")
+        source = "FASTOPT_BACKEND / use_backend"
+        if chosen.array_kind != kind:  # a CPU override does not apply to CuPy arrays
+            return _default(kind)
     if chosen.array_kind != kind:
         raise TypeError(f"{source}{chosen.name!r} computes on {chosen.array_kind} arrays, got {kind} arrays")
     chosen.module  # raises BackendUnavailableError with the reason

@@ -36,7 +36,7 @@ def _fused_step(rule, variant, scalars, arrays, *, lr, weight_decay, decoupled, 
                 max_grad_norm, skip_nonfinite, backend, rounding_seed=None):
     """Folds unscaling and clipping into one gradient factor, then makes the one kernel call."""
     chosen = _backend.select(arrays.kind, backend)
-    inv_scale = _checks.grad_scale(grad_scale)
+    inv_scale = 1.0 if grad_scale is None else _checks.grad_scale(grad_scale)
     result = _NOT_SKIPPED
     if max_grad_norm is not None or skip_nonfinite:
         norm = _global_norm(chosen, arrays.grad, arrays.grad_code) * abs(inv_scale)
@@ -48,7 +48,8 @@ def _fused_step(rule, variant, scalars, arrays, *, lr, weight_decay, decoupled, 
     scale, wd, decay_factor = _scalars.prologue(lr, weight_decay, decoupled, maximize, inv_scale)
     chosen.module.optimizer_step(rule, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
                                  arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
-                                 scale, wd, decay_factor, _checks.checked_seed(rounding_seed))
+                                 scale, wd, decay_factor,
+                                 0 if rounding_seed is None else _checks.checked_seed(rounding_seed))
     return result
 
 
