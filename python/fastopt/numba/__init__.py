@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64, UINT16, is_half
-from .optim import _kernel
+from .optim import kernel_for
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
 
@@ -29,9 +29,10 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
     while len(state_arrays) < 3:
         state_arrays.append(empty_state)
     master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
-    _kernel(rule)(variant, len(states), _storage(param, param_code), _storage(grad, grad_code),
-                  master_flat, *state_arrays, k, pro, param_code, grad_code, state_code,
-                  param_code == CODE_BFLOAT16 and master is None, np.uint32(rounding_seed))
+    kernel = kernel_for(rule, variant, len(states), master is not None, param_code, grad_code, state_code,
+                        param_code == CODE_BFLOAT16 and master is None)
+    kernel(_storage(param, param_code), _storage(grad, grad_code), master_flat, *state_arrays, k, pro,
+           np.uint32(rounding_seed))
 
 
 @njit(inline="always")
