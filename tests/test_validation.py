@@ -2,6 +2,7 @@
 every array passed to a failing call is bit-identical afterwards."""
 import itertools
 import math
+import types
 
 import numpy as np
 import pytest
@@ -19,12 +20,19 @@ def fresh(n=N, dtype=np.float32, count=4):
 
 
 class FakeCupyArray:
-    """Stands for a CuPy array (array_kind looks at the type's module) in a machine without CuPy."""
+    """Stands for a CuPy array (array_kind looks at the type's module) in a machine without CuPy:
+    float32, C-contiguous, on GPU `device`, at a fake device address of its own."""
 
     __module__ = "cupy._core.core"
+    _next_address = 1 << 40
 
-    def __init__(self, n):
+    def __init__(self, n, device=0):
         self.size, self.dtype, self.nbytes = n, np.dtype(np.float32), 4 * n
+        self.shape, self.itemsize = (n,), 4
+        self.flags = types.SimpleNamespace(c_contiguous=True)
+        self.device = types.SimpleNamespace(id=device)
+        self.data = types.SimpleNamespace(ptr=FakeCupyArray._next_address)
+        FakeCupyArray._next_address += 4 * n + 256
 
 
 def adam_call(p, g, m, v, vmax=None, **overrides):
@@ -236,6 +244,17 @@ def _cases():
         p, g, m, v = fresh()
         p16, g16 = p.astype(np.float16), g.astype(np.float16)
         return adam_call(p16, g16, m, v, master_weights=FakeCupyArray(N), backend=backend), [p16, g16, m, v]
+
+    @case("cupy-arrays-on-two-gpus", ValueError, "exp_avg_sq is on GPU 1 but param is on GPU 0")
+    def _(backend):
+        return adam_call(*(FakeCupyArray(N) for _ in range(3)), FakeCupyArray(N, device=1)), []
+
+    @case("cupy-master-on-another-gpu", ValueError, "master_weights is on GPU 1 but param is on GPU 0")
+    def _(backend):
+        p16, g16 = FakeCupyArray(N), FakeCupyArray(N)
+        p16.dtype = g16.dtype = np.dtype(np.float16)
+        return adam_call(p16, g16, FakeCupyArray(N), FakeCupyArray(N),
+                         master_weights=FakeCupyArray(N, device=1)), []
 
     for label, make_param, extra, match in [
             ("float32", lambda p: p, {}, "rounding_seed is only for bfloat16"),

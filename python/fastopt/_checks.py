@@ -111,6 +111,16 @@ def _check_layout(name, a, writable):
             raise TypeError(f"{name} is not aligned to its element size (a view at an odd byte offset?)")
 
 
+def check_same_device(named_arrays):
+    """CuPy arrays of one call must live on one GPU: a kernel runs on one device."""
+    (first_name, first), *rest = named_arrays
+    device = first.device.id
+    for name, a in rest:
+        if a.device.id != device:
+            raise ValueError(f"{name} is on GPU {a.device.id} but {first_name} is on GPU {device}; "
+                             "move them to one device")
+
+
 def check_disjoint(named_arrays):
     """No written array may overlap another array of the call."""
     spans = [(name, _extent(a)) for name, a in named_arrays if a.nbytes]
@@ -243,6 +253,8 @@ def python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dt
     named = [("param", param), ("grad", grad)] + list(states)
     if master_weights is not None:
         named.append(("master_weights", master_weights))
+    if kind == "cupy":
+        check_same_device(named)
     check_disjoint(named)
     return StepArrays(kind, param, grad, master_weights, tuple(arrays), param_code, grad_code, state_code)
 

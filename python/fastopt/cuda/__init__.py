@@ -61,10 +61,10 @@ def all_kernel_names():
 
 
 @functools.lru_cache(maxsize=None)
-def _max_blocks():
+def _max_blocks(device_id):
     import cupy
 
-    return cupy.cuda.Device().attributes["MultiProcessorCount"] * 8
+    return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"] * 8
 
 
 def _aligned(arrays):
@@ -82,11 +82,12 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(states) + [param] * (3 - len(states))
     k = list(scalars) + [0.0] * (NUM_RULE_SCALARS - len(scalars))
-    blocks = int(min(_max_blocks(), -(-n // (THREADS * VEC))))
-    fn((blocks,), (THREADS,),
-       (param, grad, master if master is not None else param, *slots, np.int64(n), np.bool_(_aligned(used)),
-        np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), np.uint32(rounding_seed),
-        *map(np.float64, k)))
+    blocks = int(min(_max_blocks(param.device.id), -(-n // (THREADS * VEC))))
+    with param.device:  # the arrays' GPU (fastopt._checks makes sure they share one), not the current one
+        fn((blocks,), (THREADS,),
+           (param, grad, master if master is not None else param, *slots, np.int64(n), np.bool_(_aligned(used)),
+            np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), np.uint32(rounding_seed),
+            *map(np.float64, k)))
 
 
 def _norm_blocks(n):
@@ -101,11 +102,12 @@ def sum_of_squares(code, x):
     if n == 0:
         return 0.0
     blocks = _norm_blocks(n)
-    partial = cupy.empty(blocks, dtype=cupy.float64)
-    out = cupy.empty(1, dtype=cupy.float64)
-    kernel(SOURCE, norm_kernel_name(code))((blocks,), (THREADS,), (x, np.int64(n), partial))
-    kernel(SOURCE, "sum_partials_kernel")((1,), (32,), (partial, np.int32(blocks), out))
-    return float(out.get()[0])
+    with x.device:
+        partial = cupy.empty(blocks, dtype=cupy.float64)
+        out = cupy.empty(1, dtype=cupy.float64)
+        kernel(SOURCE, norm_kernel_name(code))((blocks,), (THREADS,), (x, np.int64(n), partial))
+        kernel(SOURCE, "sum_partials_kernel")((1,), (32,), (partial, np.int32(blocks), out))
+        return float(out.get()[0])
 
 
 __all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name"]
