@@ -29,7 +29,7 @@ def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad
     while len(state_arrays) < 3:
         state_arrays.append(empty_state)
     master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
-    kernel = kernel_for(rule, variant, len(states), master is not None, param_code, grad_code, state_code,
+    kernel = kernel_for(rule, param.size, variant, len(states), master is not None, param_code, grad_code, state_code,
                         param_code == CODE_BFLOAT16 and master is None)
     kernel(_storage(param, param_code), _storage(grad, grad_code), master_flat, *state_arrays, k, pro,
            np.uint32(rounding_seed))

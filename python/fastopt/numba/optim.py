@@ -5,16 +5,17 @@ A loop is compiled for each combination of rule, variant, number of state arrays
 copy and rounding mode, given to Numba as constants: like the C++ templates, each loop then has
 no branch on them left inside, and LLVM vectorises it (a loop that tested them per element ran
 at a third of the bandwidth limit)."""
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .math import UPDATES, element_random, float_to_bf16_stochastic, store, widen
 
 _CACHE = {}
+PARALLEL_THRESHOLD = 1 << 15  # csrc/cpu/kernels.h kParallelThreshold
 
 
-def _make_kernel(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic):
-    @njit(parallel=True)
+def _make_loop(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic):
     def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed):
         zero = pro[3]
         for i in prange(param.size):
@@ -43,11 +44,14 @@ def _make_kernel(update, variant, num_states, has_master, param_code, grad_code,
     return kernel
 
 
-def kernel_for(rule, *constants):
+def kernel_for(rule, size, *constants):
     """The loop of `rule` for (variant, num_states, has_master, param_code, grad_code, state_code,
-    stochastic), compiled on first use."""
-    key = (rule,) + constants
+    stochastic), compiled on first use: over threads, or on the calling thread below
+    PARALLEL_THRESHOLD elements, where waking threads costs more than the work (as in C++)."""
+    parallel = size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
+    key = (rule, parallel) + constants
     kernel = _CACHE.get(key)
     if kernel is None:
-        kernel = _CACHE[key] = _make_kernel(UPDATES[rule], *constants)
+        loop = _make_loop(UPDATES[rule], *constants)
+        kernel = _CACHE[key] = njit(parallel=True)(loop) if parallel else njit(loop)
     return kernel
