@@ -4,11 +4,12 @@ It serves NumPy arrays when the compiled extension cannot be imported, or when a
 (backend="numba", fastopt.use_backend("numba"), FASTOPT_BACKEND=numba). Its entry points have the
 signatures of the extension's (csrc/bindings.cpp).
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64, UINT16, is_half
-from .optim import kernel_for
+from .optim import PARALLEL_THRESHOLD, kernel_for
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
 
@@ -65,5 +66,9 @@ def _sum_of_squares(x, code):
 from .math import widen as _widen  # noqa: E402  (used inside the jitted functions above)
 
 
+_sum_of_squares_serial = njit(_sum_of_squares.py_func)  # the same sums in the same order
+
+
 def sum_of_squares(code, x):
-    return float(_sum_of_squares(_storage(x, code), code))
+    parallel = x.size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
+    return float((_sum_of_squares if parallel else _sum_of_squares_serial)(_storage(x, code), code))
