@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt import functional as F
 from conftest import CPU_BACKENDS, random_arrays
 from reference import Reference
 
@@ -86,6 +87,43 @@ def test_bfloat16_state(backend, case):
     # state not rounded at all would not be bfloat16.
     ref = reference(name, kwargs, start, grads, round_state=_round_to_bf16)
     assert relative_error(param, ref.p, start) <= 2e-2
+
+
+@pytest.mark.parametrize("case", range(len(HALF_CASES)), ids=[c[0] for c in HALF_CASES])
+def test_bfloat16_state_stored_as_uint16_is_the_same_step(backend, case, monkeypatch):
+    """CuPy (or NumPy without ml_dtypes) has no bfloat16 dtype: the class then keeps bfloat16
+    state as uint16, declared state_dtype='bfloat16' to the kernels; the steps are the same, bit
+    for bit."""
+    name, cls, kwargs = HALF_CASES[case]
+    param, grads = random_arrays(1031, np.float32, 14, 5)
+    kwargs = dict(kwargs, initial_accumulator_value=0.1) if name == "adagrad" else kwargs
+    typed = cls(param.copy(), state_dtype="bfloat16", backend=backend, **kwargs)
+    monkeypatch.setattr(fastopt.optim, "BFLOAT16", None)  # as without ml_dtypes
+    as_bits = cls(param.copy(), state_dtype="bfloat16", backend=backend, **kwargs)
+    for g in grads:
+        typed.step(g)
+        as_bits.step(g)
+    np.testing.assert_array_equal(typed.param, as_bits.param)
+    for key, value in typed.state.items():
+        if hasattr(value, "dtype"):
+            assert as_bits.state[key].dtype == np.uint16, key
+            np.testing.assert_array_equal(value.view(np.uint16), as_bits.state[key])
+
+
+def test_state_stored_as_uint16_must_be_declared_bfloat16(backend):
+    p, (g, m, v) = random_arrays(37, np.float32, 15, 3)
+    v = np.abs(v)
+    m16, v16 = m.astype(BF16).view(np.uint16), v.astype(BF16).view(np.uint16)
+    call = dict(step=1, backend=backend)
+    before = [a.copy() for a in (p, m16, v16)]
+    with pytest.raises(TypeError, match="exp_avg must be float32 or bfloat16 for a float32 param, got uint16"):
+        F.adam(p, g, m16, v16, **call)
+    with pytest.raises(TypeError, match="exp_avg must be float32 or bfloat16 for a float32 param, got uint16"):
+        F.adam(p, g, m16, v16, state_dtype="float16", **call)
+    for old, new in zip(before, (p, m16, v16)):
+        np.testing.assert_array_equal(old, new)
+    F.adam(p, g, m16, v16, state_dtype="bfloat16", **call)
+    assert not np.array_equal(before[0], p)
 
 
 def test_bfloat16_state_half_param_combination(backend):

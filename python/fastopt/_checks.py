@@ -211,21 +211,25 @@ def _fast_step_codes():
     return _compiled_step_codes
 
 
-def step_arrays(param, grad, states, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None):
-    """Validates one step's arrays. `states` is a list of (name, array) in kernel order."""
+def step_arrays(param, grad, states, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None,
+                state_dtype=None):
+    """Validates one step's arrays. `states` is a list of (name, array) in kernel order; the
+    *_dtype names declare uint16 arrays as 'bfloat16' or 'float16' data."""
     if rounding_seed is not None:
         checked_seed(rounding_seed)
-    if isinstance(param, np.ndarray) and param_dtype is None and grad_dtype is None:
+    if isinstance(param, np.ndarray) and param_dtype is None and grad_dtype is None and state_dtype is None:
         fast = _fast_step_codes()
         if fast is not None:
             arrays = tuple([s for _, s in states])
             codes = fast(param, grad, master_weights, arrays, rounding_seed is not None)
             if codes is not None:
                 return StepArrays("numpy", param, grad, master_weights, arrays, *codes)
-    return python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed)
+    return python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed,
+                              state_dtype)
 
 
-def python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed):
+def python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed,
+                       state_dtype=None):
     """step_arrays' checks in Python, for every kind of array: they raise naming the problem."""
     kind, param_code, grad_code = param_and_grad(param, grad, master_weights, param_dtype, grad_dtype,
                                                  rounding_seed)
@@ -239,7 +243,7 @@ def python_step_arrays(param, grad, states, master_weights, param_dtype, grad_dt
         _check_layout(name, s, writable=True)
         if s.size != param.size:
             raise ValueError(f"{name} has {s.size} elements but param has {param.size}")
-        code = dtype_code(s.dtype)
+        code = dtype_code(s.dtype, state_dtype)
         allowed = (CODE_FLOAT64,) if param_code == CODE_FLOAT64 else (CODE_FLOAT32, CODE_BFLOAT16)
         if code not in allowed:
             raise TypeError(f"{name} must be {' or '.join(NAMES[c] for c in allowed)} for a "

@@ -42,3 +42,9 @@ def dtype_code(dtype, explicit=None):
 
 def is_half(code):
     return code in HALF_CODES
+
+
+def bfloat16_bits(value):
+    """The bits of float `value` rounded to bfloat16 (nearest even), as a uint16 (finite values)."""
+    u = int(np.array(value, np.float32).view(np.uint32))
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)

@@ -13,7 +13,8 @@ besides the rule's own hyper-parameters:
   and ``param`` rewritten from it (round to nearest even) in the same pass.
 - ``rounding_seed``: for a bfloat16 ``param`` without master weights: step it in place and store
   it with stochastic rounding drawn from this seed (an int; use a different one every step).
-- ``param_dtype`` / ``grad_dtype``: 'bfloat16' or 'float16' for arrays stored as uint16 (CuPy).
+- ``param_dtype`` / ``grad_dtype`` / ``state_dtype``: 'bfloat16' or 'float16' for arrays stored as
+  uint16 (CuPy has no bfloat16; state may be float32 or bfloat16).
 - ``backend``: 'cpu', 'numba' or 'cuda' (default: by array type, see fastopt.backends()).
 
 Every function returns ``StepResult(grad_norm, skipped)``: the unscaled gradient norm when one
@@ -60,7 +61,7 @@ def _common(weight_decay, max_grad_norm):
 def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
         weight_decay=0.0, maximize=False, velocity_form=False, step=None, grad_scale=None,
         max_grad_norm=None, skip_nonfinite=False, master_weights=None, param_dtype=None,
-        grad_dtype=None, rounding_seed=None, backend=None):
+        grad_dtype=None, state_dtype=None, rounding_seed=None, backend=None):
     """SGD, with heavy-ball or Nesterov momentum (torch.optim.SGD's rule).
 
     buf = g on step 1, else momentum * buf + (1 - dampening) * g; p -= lr * (g + momentum * buf if
@@ -83,7 +84,8 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
         step = _checks.step_count(step)
         states = [("momentum_buffer", momentum_buffer)]
     variant, scalars = _scalars.sgd(lr, momentum, dampening, nesterov, velocity_form, step)
-    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed)
+    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed,
+                                 state_dtype)
     return _fused_step(_scalars.SGD, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=False, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -92,7 +94,8 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
 
 def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
             eps_inside_sqrt=False, maximize=False, grad_scale=None, max_grad_norm=None,
-            skip_nonfinite=False, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+            skip_nonfinite=False, master_weights=None, param_dtype=None, grad_dtype=None,
+            state_dtype=None, rounding_seed=None, backend=None):
     """AdaGrad (Duchi et al. 2011): sum += g^2; p -= clr * g / (sqrt(sum) + eps),
     clr = lr / (1 + (step - 1) lr_decay). ``eps_inside_sqrt``: sqrt(sum + eps)."""
     lr = _checks.nonnegative("lr", lr)
@@ -101,7 +104,8 @@ def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, 
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     step = _checks.step_count(step)
     variant, scalars = _scalars.adagrad(lr, lr_decay, eps, eps_inside_sqrt, step)
-    arrays = _checks.step_arrays(param, grad, [("sum", sum)], master_weights, param_dtype, grad_dtype, rounding_seed)
+    arrays = _checks.step_arrays(param, grad, [("sum", sum)], master_weights, param_dtype, grad_dtype, rounding_seed,
+                                 state_dtype)
     return _fused_step(_scalars.ADAGRAD, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=False, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -111,7 +115,8 @@ def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, 
 def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2, alpha=0.99,
             eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, nesterov=False,
             eps_inside_sqrt=False, maximize=False, grad_scale=None, max_grad_norm=None,
-            skip_nonfinite=False, master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+            skip_nonfinite=False, master_weights=None, param_dtype=None, grad_dtype=None,
+            state_dtype=None, rounding_seed=None, backend=None):
     """RMSProp: sq = alpha sq + (1 - alpha) g^2; avg = sqrt(sq [- gavg^2 if centered]) + eps;
     p -= lr * g / avg, or through a momentum buffer (Nesterov: Deep Learning Alg. 8.6).
     ``grad_avg`` is needed when centered, ``momentum_buffer`` when momentum > 0."""
@@ -128,7 +133,8 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=
     if momentum > 0:
         states.append(("momentum_buffer", momentum_buffer))
     variant, scalars = _scalars.rmsprop(lr, alpha, eps, momentum, centered, nesterov, eps_inside_sqrt)
-    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed)
+    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed,
+                                 state_dtype)
     return _fused_step(_scalars.RMSPROP, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=False, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -137,7 +143,8 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=
 
 def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
              maximize=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
-             master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+             master_weights=None, param_dtype=None, grad_dtype=None,
+             state_dtype=None, rounding_seed=None, backend=None):
     """AdaDelta (Zeiler 2012): delta = sqrt(acc + eps) / sqrt(sq + eps) * g; p -= lr * delta."""
     lr = _checks.nonnegative("lr", lr)
     rho = _checks.unit_interval("rho", rho, closed=True)
@@ -145,7 +152,7 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, w
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     variant, scalars = _scalars.adadelta(lr, rho, eps)
     arrays = _checks.step_arrays(param, grad, [("square_avg", square_avg), ("acc_delta", acc_delta)],
-                                 master_weights, param_dtype, grad_dtype, rounding_seed)
+                                 master_weights, param_dtype, grad_dtype, rounding_seed, state_dtype)
     return _fused_step(_scalars.ADADELTA, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=False, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -155,7 +162,8 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, w
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3, beta1=0.9,
          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
          maximize=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
-         master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+         master_weights=None, param_dtype=None, grad_dtype=None,
+         state_dtype=None, rounding_seed=None, backend=None):
     """Adam (Kingma & Ba 2014), AdamW with ``decoupled_weight_decay`` (Loshchilov & Hutter 2019),
     AMSGrad with ``amsgrad`` (needs ``max_exp_avg_sq``).
 
@@ -171,7 +179,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     if amsgrad:
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     variant, scalars = _scalars.adam(lr, beta1, beta2, eps, amsgrad, step)
-    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed)
+    arrays = _checks.step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed,
+                                 state_dtype)
     return _fused_step(_scalars.ADAM, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=decoupled_weight_decay, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -188,7 +197,8 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-
 
 def adamax(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=0.0, maximize=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
-           master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+           master_weights=None, param_dtype=None, grad_dtype=None,
+           state_dtype=None, rounding_seed=None, backend=None):
     """Adamax (Kingma & Ba 2014, sec. 7): u = max(b2 u, |g| + eps); p -= lr / (1 - b1^t) * m / u."""
     lr = _checks.nonnegative("lr", lr)
     beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
@@ -197,7 +207,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.9
     step = _checks.step_count(step)
     variant, scalars = _scalars.adamax(lr, beta1, beta2, eps, step)
     arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_inf", exp_inf)],
-                                 master_weights, param_dtype, grad_dtype, rounding_seed)
+                                 master_weights, param_dtype, grad_dtype, rounding_seed, state_dtype)
     return _fused_step(_scalars.ADAMAX, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=False, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -207,7 +217,8 @@ def adamax(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.9
 def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=0.9, beta2=0.999,
           eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
           maximize=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
-          master_weights=None, param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+          master_weights=None, param_dtype=None, grad_dtype=None,
+          state_dtype=None, rounding_seed=None, backend=None):
     """NAdam (Dozat 2016) with torch's momentum-decay schedule.
 
     ``mu_product`` is a one-element float64 NumPy array holding prod_{i<t} mu_i (1.0 before the
@@ -225,7 +236,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
     variant, scalars, new_mu_product = _scalars.nadam(lr, beta1, beta2, eps, momentum_decay, step,
                                                       float(mu_product[0]))
     arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-                                 master_weights, param_dtype, grad_dtype, rounding_seed)
+                                 master_weights, param_dtype, grad_dtype, rounding_seed, state_dtype)
     if arrays.kind == "numpy":  # mu_product is written after the kernel: it must not alias an array of it
         _checks.check_disjoint([("mu_product", mu_product), ("param", param), ("grad", grad),
                                 ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
@@ -242,7 +253,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
 def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, decoupled_weight_decay=False, maximize=False, grad_scale=None,
           max_grad_norm=None, skip_nonfinite=False, master_weights=None, param_dtype=None,
-          grad_dtype=None, rounding_seed=None, backend=None):
+          grad_dtype=None, state_dtype=None, rounding_seed=None, backend=None):
     """RAdam (Liu et al. 2020): Adam's step times the rectification r_t once rho_t > 5, a plain
     momentum step before."""
     lr = _checks.nonnegative("lr", lr)
@@ -252,7 +263,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0
     step = _checks.step_count(step)
     variant, scalars = _scalars.radam(lr, beta1, beta2, eps, step)
     arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-                                 master_weights, param_dtype, grad_dtype, rounding_seed)
+                                 master_weights, param_dtype, grad_dtype, rounding_seed, state_dtype)
     return _fused_step(_scalars.RADAM, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=decoupled_weight_decay, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
@@ -261,14 +272,15 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0
 
 def lion(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0, maximize=False,
          grad_scale=None, max_grad_norm=None, skip_nonfinite=False, master_weights=None,
-         param_dtype=None, grad_dtype=None, rounding_seed=None, backend=None):
+         param_dtype=None, grad_dtype=None, state_dtype=None, rounding_seed=None, backend=None):
     """Lion (Chen et al. 2023): p -= lr * sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g.
     Weight decay is decoupled."""
     lr = _checks.nonnegative("lr", lr)
     beta1, beta2 = _checks.unit_interval("beta1", beta1), _checks.unit_interval("beta2", beta2)
     weight_decay, max_grad_norm = _common(weight_decay, max_grad_norm)
     variant, scalars = _scalars.lion(lr, beta1, beta2)
-    arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg)], master_weights, param_dtype, grad_dtype, rounding_seed)
+    arrays = _checks.step_arrays(param, grad, [("exp_avg", exp_avg)], master_weights, param_dtype, grad_dtype, rounding_seed,
+                                 state_dtype)
     return _fused_step(_scalars.LION, variant, scalars, arrays, lr=lr, weight_decay=weight_decay,
                        decoupled=True, maximize=maximize, grad_scale=grad_scale,
                        max_grad_norm=max_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,

@@ -12,7 +12,7 @@ import operator
 import numpy as np
 
 from . import _backend, _checks, _scalars
-from ._dtypes import BFLOAT16, CODE_BFLOAT16, FLOAT32, dtype_code, is_half
+from ._dtypes import BFLOAT16, CODE_BFLOAT16, FLOAT32, UINT16, bfloat16_bits, dtype_code, is_half
 from .functional import _fused_step
 
 
@@ -91,9 +91,8 @@ class Optimizer:
         if state_dtype in (None, "float32", np.float32):
             return FLOAT32
         if str(state_dtype) == "bfloat16":
-            if BFLOAT16 is None or kind != "numpy":
-                raise TypeError("bfloat16 state needs ml_dtypes and NumPy arrays")
-            return BFLOAT16
+            # CuPy (and NumPy without ml_dtypes) has no bfloat16 dtype: its bits are kept as uint16.
+            return BFLOAT16 if kind == "numpy" and BFLOAT16 is not None else UINT16
         raise TypeError(f"state_dtype must be 'float32' or 'bfloat16', got {state_dtype!r}")
 
     def _widen_half(self, param, code):
@@ -115,7 +114,12 @@ class Optimizer:
         raise NotImplementedError
 
     def _init_state(self, name):
-        return self._xp.zeros(self.param.size, dtype=self._state_dtype)
+        return self._full_state(0.0)
+
+    def _full_state(self, value):
+        """A state array holding `value` (bfloat16 kept as uint16 holds value's bfloat16 bits)."""
+        fill = bfloat16_bits(value) if self._state_dtype == UINT16 else value
+        return self._xp.full(self.param.size, fill, dtype=self._state_dtype)
 
     def _after_step(self, step):
         """Host-side state to advance once a step was applied."""
@@ -141,7 +145,8 @@ class Optimizer:
                 return arrays
         arrays = _checks.step_arrays(self.param, grad, [(n, state[n]) for n in names],
                                      state.get("master_weights"), self.param_dtype, grad_dtype,
-                                     self.seed if self.stochastic_rounding else None)
+                                     self.seed if self.stochastic_rounding else None,
+                                     "bfloat16" if self._state_dtype == UINT16 else None)
         self._checked_grad, self._checked_names, self._checked_arrays = grad, names, arrays
         self._checked_grad_dtype = grad_dtype
         return arrays
@@ -292,7 +297,7 @@ class Adagrad(Optimizer):
         return ("sum",)
 
     def _init_state(self, name):
-        return self._xp.full(self.param.size, self.initial_accumulator_value, dtype=self._state_dtype)
+        return self._full_state(self.initial_accumulator_value)
 
     def _rule_scalars(self, step):
         variant, scalars = _scalars.adagrad(self._lr, self._lr_decay, self._eps, self._eps_inside_sqrt, step)
