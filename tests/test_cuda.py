@@ -99,3 +99,29 @@ def test_fused_clip_and_skip_on_device():
 def test_mixing_numpy_and_cupy_is_a_type_error():
     with pytest.raises(TypeError, match="mix"):
         fastopt.functional.sgd(cupy.zeros(4, np.float32), np.zeros(4, np.float32), lr=0.1)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_bfloat16_state_matches_cpu_bitwise(case):
+    """CuPy has no bfloat16 dtype: the class keeps bfloat16 state as uint16 on the device."""
+    _, cls, kwargs = CASES[case]
+    param, grads = random_arrays(1031, np.float32, 32, 12)
+    d_param = cupy.asarray(param)
+    d_opt = _steps(cls, kwargs, param, [cupy.asarray(g) for g in grads], "cuda", xp_param=d_param,
+                   state_dtype="bfloat16")
+    opt = _steps(cls, kwargs, param, grads, "cpu", state_dtype="bfloat16")
+    np.testing.assert_array_equal(cupy.asnumpy(d_param), param)
+    for key, value in opt.state.items():
+        if hasattr(value, "dtype"):
+            np.testing.assert_array_equal(cupy.asnumpy(d_opt.state[key]), value.view(np.uint16))
+
+
+def test_arrays_on_two_gpus_are_refused():
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    with cupy.cuda.Device(0):
+        p, g, m = (cupy.zeros(1031, cupy.float32) for _ in range(3))
+    with cupy.cuda.Device(1):
+        v = cupy.zeros(1031, cupy.float32)
+    with pytest.raises(ValueError, match="exp_avg_sq is on GPU 1 but param is on GPU 0"):
+        fastopt.functional.adam(p, g, m, v, step=1)
