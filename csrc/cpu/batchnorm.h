@@ -47,9 +47,14 @@ struct BnBackwardCall {
 // in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
 constexpr int64_t kBnBlock = 16384;
 constexpr int64_t kBnRowBlockElems = 65536;
-constexpr int64_t kBnChannelBlock = 4096;
-// Axis-1 channel slices up to this size are reduced and written in one visit (see use_fused).
-constexpr int64_t kBnFusedSliceBytes = int64_t(1) << 20;
+constexpr int64_t kBnChannelBlock = 512;  // a block's sums stay in L1
+// Axis-1 layouts whose channel slices fit this many bytes per thread (x, plus dy in the backward)
+// are reduced and written one group of channels at a time, the second read hitting L2 or the
+// core's share of L3; groups span at least kBnContiguousRunBytes per row where they can
+// (see fused_groups).
+constexpr int64_t kBnFusedGroupBytes = int64_t(4) << 20;
+constexpr int64_t kBnContiguousRunBytes = int64_t(64) << 10;
+constexpr int64_t kBnGroupMinInner = 1024;
 
 // Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);
