@@ -269,9 +269,24 @@ def test_deterministic_across_thread_counts(backend, shape, axis, dtype):
 PATHS = [((11, 5, 37, 41), 1), ((2, 2, 1024, 520), 1), ((4099, 77), 1), ((3, 50, 7, 130), -1)]
 
 
+# Outputs of 16 MiB and more are written with streaming stores (csrc/cpu/batchnorm.h): the
+# grouped, two-pass and channels-last paths at that size.
+STREAMED = [((64, 8, 96, 96), 1), ((2, 2, 1024, 1040), 1), ((4200, 1000), 1)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape,axis", PATHS)
 def test_kernel_paths_match_reference_at_every_thread_count(backend, dtype, shape, axis):
+    _check_at_thread_counts(backend, dtype, shape, axis, (1, 2, 3))
+
+
+@pytest.mark.parametrize("shape,axis", STREAMED)
+def test_streamed_outputs_match_reference(backend, shape, axis):
+    _check_at_thread_counts(backend, np.float32, shape, axis, (1, 2))
+
+
+def _check_at_thread_counts(backend, dtype, shape, axis, thread_counts):
+    """Forward and backward bitwise the same at each thread count, and close to the reference."""
     x = _data(shape, dtype, 31, loc=3.0)
     dy = _data(shape, dtype, 32, loc=0.1, scale=1.0)
     c = _channels_of(shape, axis)
@@ -281,7 +296,7 @@ def test_kernel_paths_match_reference_at_every_thread_count(backend, dtype, shap
     before = fastopt.get_num_threads()
     results = []
     try:
-        for n in (1, 2, 3):
+        for n in thread_counts:
             fastopt.set_num_threads(n)
             rm, rv = rm0.copy(), rv0.copy()
             y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, rm, rv, axis=axis, backend=backend)
@@ -329,7 +344,7 @@ def test_cpu_and_numba_agree_bitwise(dtype, shape, axis, training):
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
-@pytest.mark.parametrize("shape,axis", [((4, 6, 60, 70), 1), ((40000, 8), 1), ((2, 5, 7, 3), -1)])
+@pytest.mark.parametrize("shape,axis", [((4, 6, 60, 70), 1), ((40000, 8), 1), ((2, 5, 7, 3), -1)] + STREAMED[::2])
 def test_every_isa_level_gives_the_same_bits(shape, axis):
     cpu = fastopt._backend.BACKENDS["cpu"].module
     levels = ["baseline", "x86-64-v3", "x86-64-v4"]

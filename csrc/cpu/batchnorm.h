@@ -55,6 +55,12 @@ constexpr int64_t kBnChannelBlock = 512;  // a block's sums stay in L1
 constexpr int64_t kBnFusedGroupBytes = int64_t(4) << 20;
 constexpr int64_t kBnContiguousRunBytes = int64_t(64) << 10;
 constexpr int64_t kBnGroupMinInner = 1024;
+// Outputs (y, dx) of at least this many bytes are written with streaming stores: too big to be
+// read back from cache by the next layer, they would only cost a read of the old contents.
+constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
+// The element-wise pass after a two-pass reduction walks back through its range in chunks of
+// this many elements (see for_each_run).
+constexpr int64_t kBnReuseChunk = 16384;
 
 // Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);

@@ -8,7 +8,11 @@
 #include "batchnorm.h"
 #include "parallel.h"
 
+#include <cstdint>
 #include <cstdlib>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #if !defined(FASTOPT_ISA_NS)
 #error "compile with -DFASTOPT_ISA_NS=<namespace>"
@@ -263,27 +267,91 @@ bool reduce(int64_t outer, int64_t channels, int64_t inner, int num_threads, dou
     return reduce_strided(outer, channels, inner, num_threads, total1, total2, add);
 }
 
+// Streaming (non-temporal) stores write whole cache lines without first reading them from memory,
+// which a plain store does (a third of a streaming pass's traffic). Used for outputs too big to be
+// read back from cache anyway (kBnStreamingStoreBytes); the values stored are the same.
+constexpr int64_t kLineBytes = 64;
+
+inline void stream_line(void* dst, const void* src) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+#elif defined(__AVX__)
+    for (int q = 0; q < 2; ++q)
+        _mm256_stream_si256(static_cast<__m256i*>(dst) + q, _mm256_loadu_si256(static_cast<const __m256i*>(src) + q));
+#elif defined(__SSE2__)
+    for (int q = 0; q < 4; ++q)
+        _mm_stream_si128(static_cast<__m128i*>(dst) + q, _mm_loadu_si128(static_cast<const __m128i*>(src) + q));
+#else
+    __builtin_memcpy(dst, src, kLineBytes);
+#endif
+}
+
+// Orders a thread's streaming stores before whatever it does next (they bypass the usual ordering).
+inline void stream_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+// out[j] = value(j) for j in [0, len): with `stream`, the whole cache lines inside the run by
+// streaming stores, the partial lines at its ends by plain ones.
+template <class X, class Value>
+inline void write_run(X* __restrict__ out, int64_t len, bool stream, Value value) {
+    constexpr int64_t per_line = kLineBytes / int64_t(sizeof(X));
+    int64_t start = 0;
+    if (stream) {
+        const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(out) % kLineBytes);
+        const int64_t head = offset == 0 ? 0 : offset % int64_t(sizeof(X)) != 0 ? len : (kLineBytes - offset) / int64_t(sizeof(X));
+        if (head < len) {
+#pragma omp simd
+            for (int64_t j = 0; j < head; ++j) out[j] = value(j);
+            const int64_t lines_end = head + (len - head) / per_line * per_line;
+            for (int64_t j = head; j < lines_end; j += per_line) {
+                alignas(kLineBytes) X line[per_line];
+#pragma omp simd
+                for (int64_t q = 0; q < per_line; ++q) line[q] = value(j + q);
+                stream_line(out + j, line);
+            }
+            start = lines_end;
+        }
+    }
+#pragma omp simd
+    for (int64_t j = start; j < len; ++j) out[j] = value(j);
+}
+
+template <class X>
+inline bool use_streaming_stores(int64_t n) {
+    return n * int64_t(sizeof(X)) >= kBnStreamingStoreBytes;
+}
+
 // Calls row(k, len, c) for every run of elements [k, k + len) of the flat range that belongs to
 // one channel (axis 1) or one row starting at channel c (channels-last); ranges are split over
-// threads on aligned boundaries.
+// threads on aligned boundaries. Each thread walks its range backwards, a chunk of kBnReuseChunk
+// elements at a time (forwards inside a chunk): the reduction pass that came before read the same
+// range forwards, so what it read last, and the cache still holds, is read first.
 template <class Row>
 void for_each_run(int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
     const int64_t n = outer * channels * inner;
     parallel_ranges(n, num_threads, [&](int64_t lo, int64_t hi) {
-        int64_t k = lo;
-        while (k < hi) {
-            if (inner == 1) {
-                const int64_t c = k % channels;
-                const int64_t end = min_i64(hi, k - c + channels);
-                row(k, end - k, c);
-                k = end;
-            } else {
-                const int64_t r = k / inner;
-                const int64_t end = min_i64(hi, (r + 1) * inner);
-                row(k, end - k, r % channels);
-                k = end;
+        for (int64_t chunk_end = hi; chunk_end > lo;) {
+            const int64_t chunk_start = max_i64(lo, (chunk_end - 1) / kBnReuseChunk * kBnReuseChunk);
+            int64_t k = chunk_start;
+            while (k < chunk_end) {
+                if (inner == 1) {
+                    const int64_t c = k % channels;
+                    const int64_t end = min_i64(chunk_end, k - c + channels);
+                    row(k, end - k, c);
+                    k = end;
+                } else {
+                    const int64_t r = k / inner;
+                    const int64_t end = min_i64(chunk_end, (r + 1) * inner);
+                    row(k, end - k, r % channels);
+                    k = end;
+                }
             }
+            chunk_end = chunk_start;
         }
+        stream_fence();
     });
 }
 
@@ -324,6 +392,7 @@ bool forward_typed(const BnForwardCall& call) {
 
     const int nthreads = threads_for(count * channels, call.num_threads);
     const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), nthreads);
+    const bool stream = use_streaming_stores<X>(count * channels);
     if (call.training && groups.size > 0) {
         Buffer<double> shift(channels), sum1(channels), sum2(channels), lanes(channels * 2 * kLanes);
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
@@ -345,13 +414,13 @@ bool forward_typed(const BnForwardCall& call) {
             for (int64_t o = 0; o < outer; ++o) {
                 for (int64_t c = c0; c < c1; ++c) {
                     const X* __restrict__ xs = x + (o * channels + c) * inner;
-                    X* __restrict__ ys = y + (o * channels + c) * inner;
                     const C mc = mean[c], sc = scale[c], bc = shift_out[c];
-#pragma omp simd
-                    for (int64_t j = 0; j < inner; ++j)
-                        ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+                    write_run(y + (o * channels + c) * inner, inner, stream, [=](int64_t j) {
+                        return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+                    });
                 }
             }
+            stream_fence();
         }
         return true;
     }
@@ -382,18 +451,18 @@ bool forward_typed(const BnForwardCall& call) {
     const C* __restrict__ b = shift_out.data;
     for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ xs = x + k;
-        X* __restrict__ ys = y + k;
         if (inner == 1) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ sc = s + c;
             const C* __restrict__ bc = b + c;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
+            write_run(y + k, len, stream, [=](int64_t j) {
+                return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
+            });
         } else {
             const C mc = m[c], sc = s[c], bc = b[c];
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            write_run(y + k, len, stream, [=](int64_t j) {
+                return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            });
         }
     });
     return true;
@@ -436,6 +505,7 @@ bool backward_typed(const BnBackwardCall& call) {
     const bool needs_sums = call.training || dweight != nullptr;
     const int nthreads = threads_for(count * channels, call.num_threads);
     const ChannelGroups groups = fused_groups(outer, channels, inner, 2 * int64_t(sizeof(X)), nthreads);
+    const bool stream = use_streaming_stores<X>(count * channels);
     if (needs_sums && groups.size > 0) {
         Buffer<double> lanes(channels * 2 * kLanes);
         if (!lanes.data) return false;
@@ -456,14 +526,13 @@ bool backward_typed(const BnBackwardCall& call) {
                     const int64_t base = (o * channels + c) * inner;
                     const X* __restrict__ dys = dy + base;
                     const X* __restrict__ xs = x + base;
-                    X* __restrict__ dxs = dx + base;
                     const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
-#pragma omp simd
-                    for (int64_t j = 0; j < inner; ++j)
-                        dxs[j] = store_as<X>(
-                            bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+                    write_run(dx + base, inner, stream, [=](int64_t j) {
+                        return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+                    });
                 }
             }
+            stream_fence();
         }
         return true;
     }
@@ -485,21 +554,19 @@ bool backward_typed(const BnBackwardCall& call) {
     for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ dys = dy + k;
         const X* __restrict__ xs = x + k;
-        X* __restrict__ dxs = dx + k;
         if (inner == 1) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ ac = a + c;
             const C* __restrict__ bc = b + c;
             const C* __restrict__ oc = o + c;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                dxs[j] = store_as<X>(
-                    bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
+            write_run(dx + k, len, stream, [=](int64_t j) {
+                return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
+            });
         } else {
             const C mc = m[c], ac = a[c], bc = b[c], oc = o[c];
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            write_run(dx + k, len, stream, [=](int64_t j) {
+                return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            });
         }
     });
     return true;
