@@ -61,6 +61,10 @@ constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
 // The element-wise pass after a two-pass reduction walks back through its range in chunks of
 // this many elements (see for_each_run).
 constexpr int64_t kBnReuseChunk = 16384;
+// Reductions over a channel's rows shorter than this (all inputs together) prefetch the row
+// about kBnPrefetchBytes ahead.
+constexpr int64_t kBnShortRowBytes = 4096;
+constexpr int64_t kBnPrefetchBytes = 5120;
 
 // Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);

@@ -41,12 +41,45 @@ struct Buffer {
 // their latency; fewer lanes ran 3-5x slower) and add them in a fixed tree at the end: the same
 // bits whatever vector width the compiler picks.
 constexpr int kLanes = 32;
+constexpr int64_t kLineBytes = 64;
 
 inline double lane_total(double* lane) {
     for (int width = kLanes / 2; width >= 1; width /= 2)
         for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
     return lane[0];
 }
+
+// The two reductions: operator() accumulates element k of channel c into lane sums a, b;
+// prefetch(k) asks for the cache lines holding element k of each input.
+template <class X>
+struct ShiftedSums {  // forward: d = x - shift (the channel's first value); sums of d and d * d
+    static constexpr int64_t kBytes = int64_t(sizeof(X)), kInputs = 1;
+    const X* __restrict__ x;
+    const double* __restrict__ shift;
+    void operator()(int64_t k, int64_t c, double& a, double& b) const {
+        double d = load_as<double>(x[k]) - shift[c];
+        a += d;
+        b += d * d;
+    }
+    void prefetch(int64_t k) const { __builtin_prefetch(x + k); }
+};
+
+template <class X>
+struct GradSums {  // backward: sums of dy and dy * (x - mean)
+    static constexpr int64_t kBytes = int64_t(sizeof(X)), kInputs = 2;
+    const X* __restrict__ dy;
+    const X* __restrict__ x;
+    const double* __restrict__ mean;
+    void operator()(int64_t k, int64_t c, double& a, double& b) const {
+        double g = load_as<double>(dy[k]);
+        a += g;
+        b += g * (load_as<double>(x[k]) - mean[c]);
+    }
+    void prefetch(int64_t k) const {
+        __builtin_prefetch(dy + k);
+        __builtin_prefetch(x + k);
+    }
+};
 
 // Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
 // into blocks of kBnBlock, and blocks into segments (the part of one row of `inner` values that
@@ -79,10 +112,21 @@ inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c
     double lane1[kLanes] = {}, lane2[kLanes] = {};
     int64_t m = b * kBnBlock;
     const int64_t end = min_i64(count, m + kBnBlock);
+    // A channel's rows are `channels * inner` values apart: rows too short for the hardware
+    // prefetchers to follow are fetched about kBnPrefetchBytes (of all inputs) ahead.
+    const int64_t row_bytes = inner * Add::kBytes * Add::kInputs;
+    const bool short_rows = row_bytes < kBnShortRowBytes;
+    const int64_t rows_ahead = max_i64(1, kBnPrefetchBytes / row_bytes);
+    const int64_t outer = (count + inner - 1) / inner;
     while (m < end) {
         const int64_t o = m / inner, i = m - o * inner;
         const int64_t len = min_i64(end - m, inner - i);
         const int64_t base = (o * channels + c) * inner + i;
+        if (short_rows && o + rows_ahead < outer) {
+            const int64_t ahead = base + rows_ahead * channels * inner;
+            for (int64_t k = 0; k < len; k += kLineBytes / Add::kBytes) add.prefetch(ahead + k);
+            add.prefetch(ahead + len - 1);
+        }
         const int64_t full = len / kLanes * kLanes;
         for (int64_t k = 0; k < full; k += kLanes)
             for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
@@ -270,8 +314,6 @@ bool reduce(int64_t outer, int64_t channels, int64_t inner, int num_threads, dou
 // Streaming (non-temporal) stores write whole cache lines without first reading them from memory,
 // which a plain store does (a third of a streaming pass's traffic). Used for outputs too big to be
 // read back from cache anyway (kBnStreamingStoreBytes); the values stored are the same.
-constexpr int64_t kLineBytes = 64;
-
 inline void stream_line(void* dst, const void* src) {
 #if defined(__AVX512F__)
     _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
@@ -398,11 +440,7 @@ bool forward_typed(const BnForwardCall& call) {
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
-        auto add = [x, sh](int64_t k, int64_t c, double& a, double& b) {
-            double d = load_as<double>(x[k]) - sh[c];
-            a += d;
-            b += d * d;
-        };
+        ShiftedSums<X> add{x, sh};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
@@ -430,12 +468,7 @@ bool forward_typed(const BnForwardCall& call) {
         if (!shift.data || !sum1.data || !sum2.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
-        bool reduced = reduce(outer, channels, inner, call.num_threads, sum1.data, sum2.data,
-                              [x, sh](int64_t k, int64_t c, double& a, double& b) {
-                                  double d = load_as<double>(x[k]) - sh[c];
-                                  a += d;
-                                  b += d * d;
-                              });
+        bool reduced = reduce(outer, channels, inner, call.num_threads, sum1.data, sum2.data, ShiftedSums<X>{x, sh});
         if (!reduced) return false;
         for (int64_t c = 0; c < channels; ++c) finalize(c, shift[c], sum1[c], sum2[c]);
     } else {
@@ -510,11 +543,7 @@ bool backward_typed(const BnBackwardCall& call) {
         Buffer<double> lanes(channels * 2 * kLanes);
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
-        auto add = [dy, x, mw](int64_t k, int64_t c, double& a, double& b) {
-            double g = load_as<double>(dy[k]);
-            a += g;
-            b += g * (load_as<double>(x[k]) - mw[c]);
-        };
+        GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
@@ -538,12 +567,8 @@ bool backward_typed(const BnBackwardCall& call) {
     }
     if (needs_sums) {
         const double* __restrict__ mw = mean_wide.data;
-        bool reduced = reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data,
-                              [dy, x, mw](int64_t k, int64_t c, double& a, double& b) {
-                                  double g = load_as<double>(dy[k]);
-                                  a += g;
-                                  b += g * (load_as<double>(x[k]) - mw[c]);
-                              });
+        bool reduced =
+            reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data, GradSums<X>{dy, x, mw});
         if (!reduced) return false;
     }
     for (int64_t c = 0; c < channels; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
