@@ -47,7 +47,7 @@ struct BnBackwardCall {
 // in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
 constexpr int64_t kBnBlock = 16384;
 constexpr int64_t kBnRowBlockElems = 65536;
-constexpr int64_t kBnChannelBlock = 512;  // a block's sums stay in L1
+constexpr int64_t kBnChannelBlock = 4096;
 // Axis-1 layouts whose channel slices fit this many bytes per thread (x, plus dy in the backward)
 // are reduced and written one group of channels at a time, the second read hitting L2 or the
 // core's share of L3; groups span at least kBnContiguousRunBytes per row where they can
@@ -58,9 +58,6 @@ constexpr int64_t kBnGroupMinInner = 1024;
 // Outputs (y, dx) of at least this many bytes are written with streaming stores: too big to be
 // read back from cache by the next layer, they would only cost a read of the old contents.
 constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
-// The element-wise pass after a two-pass reduction walks back through its range in chunks of
-// this many elements (see for_each_run).
-constexpr int64_t kBnReuseChunk = 16384;
 // Reductions over a channel's rows shorter than this (all inputs together) prefetch the row
 // about kBnPrefetchBytes ahead.
 constexpr int64_t kBnShortRowBytes = 4096;

@@ -98,6 +98,7 @@ inline void segment_sums(int64_t base, int64_t len, int64_t c, Add& add, double*
     }
     const int64_t full = len / kLanes * kLanes;
     for (int64_t k = 0; k < full; k += kLanes)
+#pragma omp simd
         for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
     for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
     for (int j = 0; j < kLanes; ++j) {
@@ -129,6 +130,7 @@ inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c
         }
         const int64_t full = len / kLanes * kLanes;
         for (int64_t k = 0; k < full; k += kLanes)
+#pragma omp simd
             for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
         for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
         m += len;
@@ -229,8 +231,8 @@ struct ChannelGroups {
     int64_t size = 0, count = 0;  // size 0: not fused
 };
 
-inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t bytes_per_value,
-                                  int nthreads) {
+inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t value_bytes,
+                                  int64_t bytes_per_value, int nthreads) {
     ChannelGroups g;
     const int64_t slice_bytes = outer * inner * bytes_per_value;
     // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
@@ -240,8 +242,10 @@ inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner
     const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
     const int64_t per_thread = (channels + nthreads - 1) / nthreads;
     // Switching channels costs a reload of the lane sums per row: short rows stay one channel per
-    // group, whose lane sums stay in registers.
-    int64_t size = inner < kBnGroupMinInner ? 1 : min_i64(min_i64(fit, long_run), per_thread);
+    // group, whose lane sums stay in registers. So do half types, whose conversions vectorise
+    // only in that form (block_sums).
+    const bool grouped = inner >= kBnGroupMinInner && value_bytes >= 4;
+    int64_t size = grouped ? min_i64(min_i64(fit, long_run), per_thread) : 1;
     if (size < 1) size = 1;
     // Round the number of groups up to a multiple of the thread count, so every thread gets as many.
     int64_t count = (channels + size - 1) / size;
@@ -361,37 +365,32 @@ inline void write_run(X* __restrict__ out, int64_t len, bool stream, Value value
     for (int64_t j = start; j < len; ++j) out[j] = value(j);
 }
 
+// Not for half types: their software rounding does not vectorise into the line buffer.
 template <class X>
 inline bool use_streaming_stores(int64_t n) {
-    return n * int64_t(sizeof(X)) >= kBnStreamingStoreBytes;
+    return sizeof(X) >= 4 && n * int64_t(sizeof(X)) >= kBnStreamingStoreBytes;
 }
 
 // Calls row(k, len, c) for every run of elements [k, k + len) of the flat range that belongs to
 // one channel (axis 1) or one row starting at channel c (channels-last); ranges are split over
-// threads on aligned boundaries. Each thread walks its range backwards, a chunk of kBnReuseChunk
-// elements at a time (forwards inside a chunk): the reduction pass that came before read the same
-// range forwards, so what it read last, and the cache still holds, is read first.
+// threads on aligned boundaries.
 template <class Row>
 void for_each_run(int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
     const int64_t n = outer * channels * inner;
     parallel_ranges(n, num_threads, [&](int64_t lo, int64_t hi) {
-        for (int64_t chunk_end = hi; chunk_end > lo;) {
-            const int64_t chunk_start = max_i64(lo, (chunk_end - 1) / kBnReuseChunk * kBnReuseChunk);
-            int64_t k = chunk_start;
-            while (k < chunk_end) {
-                if (inner == 1) {
-                    const int64_t c = k % channels;
-                    const int64_t end = min_i64(chunk_end, k - c + channels);
-                    row(k, end - k, c);
-                    k = end;
-                } else {
-                    const int64_t r = k / inner;
-                    const int64_t end = min_i64(chunk_end, (r + 1) * inner);
-                    row(k, end - k, r % channels);
-                    k = end;
-                }
+        int64_t k = lo;
+        while (k < hi) {
+            if (inner == 1) {
+                const int64_t c = k % channels;
+                const int64_t end = min_i64(hi, k - c + channels);
+                row(k, end - k, c);
+                k = end;
+            } else {
+                const int64_t r = k / inner;
+                const int64_t end = min_i64(hi, (r + 1) * inner);
+                row(k, end - k, r % channels);
+                k = end;
             }
-            chunk_end = chunk_start;
         }
         stream_fence();
     });
@@ -433,7 +432,7 @@ bool forward_typed(const BnForwardCall& call) {
     };
 
     const int nthreads = threads_for(count * channels, call.num_threads);
-    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), nthreads);
+    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (call.training && groups.size > 0) {
         Buffer<double> shift(channels), sum1(channels), sum2(channels), lanes(channels * 2 * kLanes);
@@ -453,7 +452,7 @@ bool forward_typed(const BnForwardCall& call) {
                 for (int64_t c = c0; c < c1; ++c) {
                     const X* __restrict__ xs = x + (o * channels + c) * inner;
                     const C mc = mean[c], sc = scale[c], bc = shift_out[c];
-                    write_run(y + (o * channels + c) * inner, inner, stream, [=](int64_t j) {
+                    write_run(y + (o * channels + c) * inner, inner, stream, [=](int64_t j) __attribute__((always_inline)) {
                         return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
                     });
                 }
@@ -488,12 +487,12 @@ bool forward_typed(const BnForwardCall& call) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ sc = s + c;
             const C* __restrict__ bc = b + c;
-            write_run(y + k, len, stream, [=](int64_t j) {
+            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
             });
         } else {
             const C mc = m[c], sc = s[c], bc = b[c];
-            write_run(y + k, len, stream, [=](int64_t j) {
+            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
             });
         }
@@ -537,7 +536,7 @@ bool backward_typed(const BnBackwardCall& call) {
     };
     const bool needs_sums = call.training || dweight != nullptr;
     const int nthreads = threads_for(count * channels, call.num_threads);
-    const ChannelGroups groups = fused_groups(outer, channels, inner, 2 * int64_t(sizeof(X)), nthreads);
+    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (needs_sums && groups.size > 0) {
         Buffer<double> lanes(channels * 2 * kLanes);
@@ -556,7 +555,7 @@ bool backward_typed(const BnBackwardCall& call) {
                     const X* __restrict__ dys = dy + base;
                     const X* __restrict__ xs = x + base;
                     const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
-                    write_run(dx + base, inner, stream, [=](int64_t j) {
+                    write_run(dx + base, inner, stream, [=](int64_t j) __attribute__((always_inline)) {
                         return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
                     });
                 }
@@ -584,12 +583,12 @@ bool backward_typed(const BnBackwardCall& call) {
             const C* __restrict__ ac = a + c;
             const C* __restrict__ bc = b + c;
             const C* __restrict__ oc = o + c;
-            write_run(dx + k, len, stream, [=](int64_t j) {
+            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
             });
         } else {
             const C mc = m[c], ac = a[c], bc = b[c], oc = o[c];
-            write_run(dx + k, len, stream, [=](int64_t j) {
+            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
             });
         }

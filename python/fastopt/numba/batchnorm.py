@@ -10,7 +10,7 @@ from .math import store, widen
 # csrc/cpu/batchnorm.h: fixed block sizes, so that sums do not depend on the thread count.
 BN_BLOCK = 16384
 ROW_BLOCK_ELEMS = 65536
-CHANNEL_BLOCK = 512
+CHANNEL_BLOCK = 4096
 
 
 def _storage(a, code):
