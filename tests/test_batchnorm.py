@@ -241,7 +241,8 @@ LARGE = [((4, 6, 60, 70), 1), ((3, 2, 150, 150), 1), ((40000, 8), 1), ((9, 50, 5
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_deterministic_across_thread_counts(backend, shape, axis, dtype):
     """Bitwise the same for 1, 2, 3 and 5 threads. On the cpu backend the first two shapes also
-    switch between the fused per-channel path (1-3 threads) and the two-pass path (5 threads)."""
+    switch between the fused (channel groups) path and the two-pass path: (4, 6, 60, 70) at 5
+    threads, (3, 2, 150, 150) from 2 threads on."""
     x = _data(shape, dtype, 19)
     dy = _data(shape, dtype, 20)
     c = _channels_of(shape, axis)
