@@ -23,7 +23,8 @@ if BFLOAT16 is not None:
 STAT_TOL = {np.dtype(np.float64): 1e-12}
 
 # (shape, axis): every layout, odd sizes, C = 1 and 3, M not a multiple of any vector width,
-# and sizes that span several reduction blocks (16384 values per channel, 65536 per row block).
+# and sizes that span several reduction blocks (16384 values per channel; 262144 per row block:
+# (4099, 77) in PATHS and (40000, 8), (9, 50, 50, 16) in LARGE below).
 LAYOUTS = [
     ((7, 3), 1), ((5, 1), 1), ((9, 13), -1), ((4, 3, 7), 1), ((3, 5, 4), -1), ((2, 3, 5, 7), 1),
     ((2, 5, 7, 3), -1), ((3, 1, 9, 11), 1), ((3, 2, 101, 70), 1), ((30011, 3), 1), ((2, 3, 1031), 1),

@@ -45,8 +45,11 @@ struct BnBackwardCall {
 
 // A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows
 // in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
+// Row blocks are large so that their partial sums (one per channel per block) stay small: scratch
+// of a megabyte or more is mapped and unmapped by malloc on every call, and unmapping memory that
+// two threads touched costs a TLB shootdown (an interrupt to the other core; costly in a VM).
 constexpr int64_t kBnBlock = 16384;
-constexpr int64_t kBnRowBlockElems = 65536;
+constexpr int64_t kBnRowBlockElems = 262144;
 constexpr int64_t kBnChannelBlock = 4096;
 // Axis-1 layouts whose channel slices fit this many bytes per thread (x, plus dy in the backward)
 // are reduced and written one group of channels at a time, the second read hitting L2 or the

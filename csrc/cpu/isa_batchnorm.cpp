@@ -347,7 +347,10 @@ inline void write_run(X* __restrict__ out, int64_t len, bool stream, Value value
     int64_t start = 0;
     if (stream) {
         const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(out) % kLineBytes);
-        const int64_t head = offset == 0 ? 0 : offset % int64_t(sizeof(X)) != 0 ? len : (kLineBytes - offset) / int64_t(sizeof(X));
+        // Values not aligned to their size never fill a line: plain stores throughout.
+        const int64_t head = offset == 0                       ? 0
+                             : offset % int64_t(sizeof(X)) != 0 ? len
+                                                                : (kLineBytes - offset) / int64_t(sizeof(X));
         if (head < len) {
 #pragma omp simd
             for (int64_t j = 0; j < head; ++j) out[j] = value(j);
@@ -435,7 +438,9 @@ bool forward_typed(const BnForwardCall& call) {
     const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (call.training && groups.size > 0) {
-        Buffer<double> shift(channels), sum1(channels), sum2(channels), lanes(channels * 2 * kLanes);
+        // Lane sums only for groups of several channels (group_sums), so that this scratch stays small.
+        Buffer<double> shift(channels), sum1(channels), sum2(channels);
+        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
@@ -443,7 +448,8 @@ bool forward_typed(const BnForwardCall& call) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
-            group_sums(outer, channels, inner, c0, c1, add, lanes.data + c0 * 2 * kLanes, sum1.data, sum2.data);
+            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
             for (int64_t c = c0; c < c1; ++c) {
                 finalize(c, shift[c], sum1[c], sum2[c]);
                 constants(c);
@@ -452,9 +458,10 @@ bool forward_typed(const BnForwardCall& call) {
                 for (int64_t c = c0; c < c1; ++c) {
                     const X* __restrict__ xs = x + (o * channels + c) * inner;
                     const C mc = mean[c], sc = scale[c], bc = shift_out[c];
-                    write_run(y + (o * channels + c) * inner, inner, stream, [=](int64_t j) __attribute__((always_inline)) {
+                    auto value = [=](int64_t j) __attribute__((always_inline)) {
                         return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
-                    });
+                    };
+                    write_run(y + (o * channels + c) * inner, inner, stream, value);
                 }
             }
             stream_fence();
@@ -536,17 +543,19 @@ bool backward_typed(const BnBackwardCall& call) {
     };
     const bool needs_sums = call.training || dweight != nullptr;
     const int nthreads = threads_for(count * channels, call.num_threads);
-    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
+    const ChannelGroups groups =
+        fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (needs_sums && groups.size > 0) {
-        Buffer<double> lanes(channels * 2 * kLanes);
+        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);  // as in the forward
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
         GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
-            group_sums(outer, channels, inner, c0, c1, add, lanes.data + c0 * 2 * kLanes, sum_dy.data,
+            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
                        sum_dy_xmu.data);
             for (int64_t c = c0; c < c1; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
             for (int64_t o = 0; o < outer; ++o) {
