@@ -23,7 +23,8 @@ if BFLOAT16 is not None:
 STAT_TOL = {np.dtype(np.float64): 1e-12}
 
 # (shape, axis): every layout, odd sizes, C = 1 and 3, M not a multiple of any vector width,
-# and sizes that span several reduction blocks (16384 values per channel, 65536 per row block).
+# and sizes that span several reduction blocks (16384 values per channel; 262144 per row block:
+# (4099, 77) in PATHS and (40000, 8), (9, 50, 50, 16) in LARGE below).
 LAYOUTS = [
     ((7, 3), 1), ((5, 1), 1), ((9, 13), -1), ((4, 3, 7), 1), ((3, 5, 4), -1), ((2, 3, 5, 7), 1),
     ((2, 5, 7, 3), -1), ((3, 1, 9, 11), 1), ((3, 2, 101, 70), 1), ((30011, 3), 1), ((2, 3, 1031), 1),
@@ -241,7 +242,8 @@ LARGE = [((4, 6, 60, 70), 1), ((3, 2, 150, 150), 1), ((40000, 8), 1), ((9, 50, 5
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_deterministic_across_thread_counts(backend, shape, axis, dtype):
     """Bitwise the same for 1, 2, 3 and 5 threads. On the cpu backend the first two shapes also
-    switch between the fused per-channel path (1-3 threads) and the two-pass path (5 threads)."""
+    switch between the fused (channel groups) path and the two-pass path: (4, 6, 60, 70) at 5
+    threads, (3, 2, 150, 150) from 2 threads on."""
     x = _data(shape, dtype, 19)
     dy = _data(shape, dtype, 20)
     c = _channels_of(shape, axis)
@@ -262,9 +264,68 @@ def test_deterministic_across_thread_counts(backend, shape, axis, dtype):
             assert np.array_equal(a, b)
 
 
+# Shapes that take each path of the CPU kernels (csrc/cpu/isa_batchnorm.cpp): channel groups
+# (rows of at least 1024 values, with a reduction block boundary inside a row; at 3 threads too
+# few channels, so two passes), a channel slice too big to stay cached (two passes at any thread
+# count), and channels-last row blocks of four rows with a tail of 3 and of 2 rows.
+PATHS = [((11, 5, 37, 41), 1), ((2, 2, 1024, 520), 1), ((4099, 77), 1), ((3, 50, 7, 130), -1)]
+
+
+# Outputs of 16 MiB and more are written with streaming stores (csrc/cpu/batchnorm.h): the
+# grouped, two-pass and channels-last paths at that size.
+STREAMED = [((64, 8, 96, 96), 1), ((2, 2, 1024, 1040), 1), ((4200, 1000), 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,axis", PATHS)
+def test_kernel_paths_match_reference_at_every_thread_count(backend, dtype, shape, axis):
+    _check_at_thread_counts(backend, dtype, shape, axis, (1, 2, 3))
+
+
+@pytest.mark.parametrize("shape,axis", STREAMED)
+def test_streamed_outputs_match_reference(backend, shape, axis):
+    _check_at_thread_counts(backend, np.float32, shape, axis, (1, 2))
+
+
+def _check_at_thread_counts(backend, dtype, shape, axis, thread_counts):
+    """Forward and backward bitwise the same at each thread count, and close to the reference."""
+    x = _data(shape, dtype, 31, loc=3.0)
+    dy = _data(shape, dtype, 32, loc=0.1, scale=1.0)
+    c = _channels_of(shape, axis)
+    st = _stat_dtype(dtype)
+    weight, bias = _params(c, dtype, 31)
+    rm0, rv0 = np.zeros(c, st), np.ones(c, st)
+    before = fastopt.get_num_threads()
+    results = []
+    try:
+        for n in thread_counts:
+            fastopt.set_num_threads(n)
+            rm, rv = rm0.copy(), rv0.copy()
+            y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, rm, rv, axis=axis, backend=backend)
+            dx, dw, db = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, backend=backend)
+            results.append([a.view(np.uint8).copy() for a in (y, mean, invstd, rm, rv, dx, dw, db)])
+    finally:
+        fastopt.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+    y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = ref.forward(x, weight, bias, rm0, rv0, axis=axis)
+    stat_tol = STAT_TOL.get(np.dtype(dtype), 1e-6)
+    _check("save_mean", mean, mean_ref, stat_tol, scale=float(np.max(np.abs(mean_ref)) + 1 / np.min(invstd_ref)))
+    _check("save_invstd", invstd, invstd_ref, stat_tol)
+    _check("running_var", rv, rv_ref, stat_tol)
+    _check("y", y, y_ref, TOL[np.dtype(dtype)])
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, weight, mean, invstd, axis=axis)
+    dy2 = ref.channels_last(dy, axis)
+    _check("dx", dx, dx_ref, TOL[np.dtype(dtype)], scale=float(np.max(np.abs(dy2) * weight * invstd)))
+    xhat = (ref.channels_last(x, axis) - mean.astype(np.float64)) * invstd.astype(np.float64)
+    _check("dweight", dw, dw_ref, stat_tol, scale=float(np.abs(dy2 * xhat).sum(axis=0).max()))
+    _check("dbias", db, db_ref, stat_tol, scale=float(np.abs(dy2).sum(axis=0).max()))
+
+
 @pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the cpu and numba backends")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,axis", LAYOUTS[:9] + LARGE[:3])
+@pytest.mark.parametrize("shape,axis", LAYOUTS[:9] + LARGE[:3] + PATHS)
 @pytest.mark.parametrize("training", [True, False])
 def test_cpu_and_numba_agree_bitwise(dtype, shape, axis, training):
     x = _data(shape, dtype, 21)
@@ -285,7 +346,7 @@ def test_cpu_and_numba_agree_bitwise(dtype, shape, axis, training):
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
-@pytest.mark.parametrize("shape,axis", [((4, 6, 60, 70), 1), ((40000, 8), 1), ((2, 5, 7, 3), -1)])
+@pytest.mark.parametrize("shape,axis", [((4, 6, 60, 70), 1), ((40000, 8), 1), ((2, 5, 7, 3), -1)] + STREAMED[::2])
 def test_every_isa_level_gives_the_same_bits(shape, axis):
     cpu = fastopt._backend.BACKENDS["cpu"].module
     levels = ["baseline", "x86-64-v3", "x86-64-v4"]

@@ -45,11 +45,26 @@ struct BnBackwardCall {
 
 // A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows
 // in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
+// Row blocks are large so that their partial sums (one per channel per block) stay small: scratch
+// of a megabyte or more is mapped and unmapped by malloc on every call, and unmapping memory that
+// two threads touched costs a TLB shootdown (an interrupt to the other core; costly in a VM).
 constexpr int64_t kBnBlock = 16384;
-constexpr int64_t kBnRowBlockElems = 65536;
+constexpr int64_t kBnRowBlockElems = 262144;
 constexpr int64_t kBnChannelBlock = 4096;
-// Axis-1 channel slices up to this size are reduced and written in one visit (see use_fused).
-constexpr int64_t kBnFusedSliceBytes = int64_t(1) << 20;
+// Axis-1 layouts whose channel slices fit this many bytes per thread (x, plus dy in the backward)
+// are reduced and written one group of channels at a time, the second read hitting L2 or the
+// core's share of L3; groups span at least kBnContiguousRunBytes per row where they can
+// (see fused_groups).
+constexpr int64_t kBnFusedGroupBytes = int64_t(4) << 20;
+constexpr int64_t kBnContiguousRunBytes = int64_t(64) << 10;
+constexpr int64_t kBnGroupMinInner = 1024;
+// Outputs (y, dx) of at least this many bytes are written with streaming stores: too big to be
+// read back from cache by the next layer, they would only cost a read of the old contents.
+constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
+// Reductions over a channel's rows shorter than this (all inputs together) prefetch the row
+// about kBnPrefetchBytes ahead.
+constexpr int64_t kBnShortRowBytes = 4096;
+constexpr int64_t kBnPrefetchBytes = 5120;
 
 // Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);

@@ -8,7 +8,11 @@
 #include "batchnorm.h"
 #include "parallel.h"
 
+#include <cstdint>
 #include <cstdlib>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #if !defined(FASTOPT_ISA_NS)
 #error "compile with -DFASTOPT_ISA_NS=<namespace>"
@@ -37,6 +41,7 @@ struct Buffer {
 // their latency; fewer lanes ran 3-5x slower) and add them in a fixed tree at the end: the same
 // bits whatever vector width the compiler picks.
 constexpr int kLanes = 32;
+constexpr int64_t kLineBytes = 64;
 
 inline double lane_total(double* lane) {
     for (int width = kLanes / 2; width >= 1; width /= 2)
@@ -44,21 +49,88 @@ inline double lane_total(double* lane) {
     return lane[0];
 }
 
+// The two reductions: operator() accumulates element k of channel c into lane sums a, b;
+// prefetch(k) asks for the cache lines holding element k of each input.
+template <class X>
+struct ShiftedSums {  // forward: d = x - shift (the channel's first value); sums of d and d * d
+    static constexpr int64_t kBytes = int64_t(sizeof(X)), kInputs = 1;
+    const X* __restrict__ x;
+    const double* __restrict__ shift;
+    void operator()(int64_t k, int64_t c, double& a, double& b) const {
+        double d = load_as<double>(x[k]) - shift[c];
+        a += d;
+        b += d * d;
+    }
+    void prefetch(int64_t k) const { __builtin_prefetch(x + k); }
+};
+
+template <class X>
+struct GradSums {  // backward: sums of dy and dy * (x - mean)
+    static constexpr int64_t kBytes = int64_t(sizeof(X)), kInputs = 2;
+    const X* __restrict__ dy;
+    const X* __restrict__ x;
+    const double* __restrict__ mean;
+    void operator()(int64_t k, int64_t c, double& a, double& b) const {
+        double g = load_as<double>(dy[k]);
+        a += g;
+        b += g * (load_as<double>(x[k]) - mean[c]);
+    }
+    void prefetch(int64_t k) const {
+        __builtin_prefetch(dy + k);
+        __builtin_prefetch(x + k);
+    }
+};
+
 // Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
-// into blocks of kBnBlock; add(k, c, a, b) accumulates element k of channel c into lane sums a, b.
-// block_sums gives block b's two sums; a channel's sums are its block sums added in block order.
+// into blocks of kBnBlock, and blocks into segments (the part of one row of `inner` values that
+// lies in the block). add(k, c, a, b) accumulates element k of channel c into lane sums a, b;
+// a segment's element j goes to lane j % kLanes (the tail, after the last full kLanes, to lane
+// j - full). A block's two sums are its lanes' totals; a channel's sums are its block sums added
+// in block order. segment_sums and block_sums are two spellings of that order (block_sums keeps
+// the lanes in registers across a block's segments).
+template <class Add>
+inline void segment_sums(int64_t base, int64_t len, int64_t c, Add& add, double* lane_state1,
+                         double* lane_state2) {
+    double lane1[kLanes], lane2[kLanes];  // locals, so that the compiler keeps them in registers
+    for (int j = 0; j < kLanes; ++j) {
+        lane1[j] = lane_state1[j];
+        lane2[j] = lane_state2[j];
+    }
+    const int64_t full = len / kLanes * kLanes;
+    for (int64_t k = 0; k < full; k += kLanes)
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
+    for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
+    for (int j = 0; j < kLanes; ++j) {
+        lane_state1[j] = lane1[j];
+        lane_state2[j] = lane2[j];
+    }
+}
+
 template <class Add>
 inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, int64_t b, Add& add,
                        double& sum1, double& sum2) {
     double lane1[kLanes] = {}, lane2[kLanes] = {};
     int64_t m = b * kBnBlock;
     const int64_t end = min_i64(count, m + kBnBlock);
+    // A channel's rows are `channels * inner` values apart: rows too short for the hardware
+    // prefetchers to follow are fetched about kBnPrefetchBytes (of all inputs) ahead.
+    const int64_t row_bytes = inner * Add::kBytes * Add::kInputs;
+    const bool short_rows = row_bytes < kBnShortRowBytes;
+    const int64_t rows_ahead = max_i64(1, kBnPrefetchBytes / row_bytes);
+    const int64_t outer = (count + inner - 1) / inner;
     while (m < end) {
         const int64_t o = m / inner, i = m - o * inner;
         const int64_t len = min_i64(end - m, inner - i);
         const int64_t base = (o * channels + c) * inner + i;
+        if (short_rows && o + rows_ahead < outer) {
+            const int64_t ahead = base + rows_ahead * channels * inner;
+            for (int64_t k = 0; k < len; k += kLineBytes / Add::kBytes) add.prefetch(ahead + k);
+            add.prefetch(ahead + len - 1);
+        }
         const int64_t full = len / kLanes * kLanes;
         for (int64_t k = 0; k < full; k += kLanes)
+#pragma omp simd
             for (int j = 0; j < kLanes; ++j) add(base + k + j, c, lane1[j], lane2[j]);
         for (int64_t k = full; k < len; ++k) add(base + k, c, lane1[k - full], lane2[k - full]);
         m += len;
@@ -69,7 +141,7 @@ inline void block_sums(int64_t channels, int64_t inner, int64_t count, int64_t c
 
 inline int64_t num_blocks_of(int64_t count) { return (count + kBnBlock - 1) / kBnBlock; }
 
-// One channel's sums on the calling thread (the fused path below).
+// One channel's sums on the calling thread.
 template <class Add>
 inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t c, Add& add, double& total1,
                          double& total2) {
@@ -82,6 +154,42 @@ inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t
     }
     total1 = s1;
     total2 = s2;
+}
+
+// The sums of channels [c0, c1) in one sweep: for each row o, the rows of all the group's
+// channels lie next to each other in memory, so the sweep reads one long contiguous run per o
+// (a single channel's rows of `inner` values, far apart, keep the prefetchers from streaming).
+// Per channel it adds the same segments in the same order as block_sums: the same bits.
+// `lanes` holds 2 * kLanes zeroed doubles per channel of the group.
+template <class Add>
+inline void group_sums(int64_t outer, int64_t channels, int64_t inner, int64_t c0, int64_t c1, Add& add,
+                       double* lanes, double* total1, double* total2) {
+    const int64_t count = outer * inner;
+    if (c1 - c0 == 1) {
+        channel_sums(channels, inner, count, c0, add, total1[c0], total2[c0]);
+        return;
+    }
+    for (int64_t c = c0; c < c1; ++c) total1[c] = total2[c] = 0;
+    for (int64_t o = 0; o < outer; ++o) {
+        for (int64_t i = 0; i < inner;) {
+            const int64_t m = o * inner + i;
+            const int64_t block_end = min_i64(count, (m / kBnBlock + 1) * kBnBlock);
+            const int64_t len = min_i64(inner - i, block_end - m);
+            for (int64_t c = c0; c < c1; ++c) {
+                double* lane = lanes + (c - c0) * 2 * kLanes;
+                segment_sums((o * channels + c) * inner + i, len, c, add, lane, lane + kLanes);
+            }
+            if (m + len == block_end) {
+                for (int64_t c = c0; c < c1; ++c) {
+                    double* lane = lanes + (c - c0) * 2 * kLanes;
+                    total1[c] += lane_total(lane);
+                    total2[c] += lane_total(lane + kLanes);
+                    for (int j = 0; j < 2 * kLanes; ++j) lane[j] = 0;
+                }
+            }
+            i += len;
+        }
+    }
 }
 
 // Every channel's sums, the blocks spread over threads.
@@ -114,13 +222,37 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
     return true;
 }
 
-// Axis-1 layouts whose channel slice fits in a core's L2 cache run fused, one channel at a time
-// per thread: reduce the channel, then write its output while the slice is still in cache, so
-// memory sees one read instead of two. Same sums in the same order: the same bits either way.
-template <class X>
-inline bool use_fused(int64_t outer, int64_t channels, int64_t inner, int nthreads) {
-    const int64_t slice_bytes = outer * inner * int64_t(sizeof(X));
-    return inner > 1 && slice_bytes <= kBnFusedSliceBytes && (nthreads == 1 || channels >= 2 * nthreads);
+// Axis-1 layouts whose channel slices fit in cache run fused, one group of channels at a time per
+// thread: reduce the group, then write its output while its slices are still cached (in L2 or
+// the core's share of L3), so memory sees one read instead of two. The group is wide enough that
+// its rows form long contiguous runs, and small enough that its slices fit kBnFusedGroupBytes.
+// Same sums in the same order as the two-pass path: the same bits either way.
+struct ChannelGroups {
+    int64_t size = 0, count = 0;  // size 0: not fused
+};
+
+inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t value_bytes,
+                                  int64_t bytes_per_value, int nthreads) {
+    ChannelGroups g;
+    const int64_t slice_bytes = outer * inner * bytes_per_value;
+    // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
+    // channels into blocks instead.
+    if (inner == 1 || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
+    const int64_t fit = kBnFusedGroupBytes / slice_bytes;
+    const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
+    const int64_t per_thread = (channels + nthreads - 1) / nthreads;
+    // Switching channels costs a reload of the lane sums per row: short rows stay one channel per
+    // group, whose lane sums stay in registers. So do half types, whose conversions vectorise
+    // only in that form (block_sums).
+    const bool grouped = inner >= kBnGroupMinInner && value_bytes >= 4;
+    int64_t size = grouped ? min_i64(min_i64(fit, long_run), per_thread) : 1;
+    if (size < 1) size = 1;
+    // Round the number of groups up to a multiple of the thread count, so every thread gets as many.
+    int64_t count = (channels + size - 1) / size;
+    count = (count + nthreads - 1) / nthreads * nthreads;
+    g.size = (channels + count - 1) / count;
+    g.count = (channels + g.size - 1) / g.size;
+    return g;
 }
 
 // Channels-last layouts (inner == 1): rows of `channels` values. Blocks of rows (and of channels,
@@ -141,7 +273,23 @@ bool reduce_rows(int64_t rows, int64_t channels, int num_threads, double* total1
         double* __restrict__ s1 = part1.data + rb * channels;
         double* __restrict__ s2 = part2.data + rb * channels;
         const int64_t r1 = min_i64(rows, (rb + 1) * rows_per_block);
-        for (int64_t r = rb * rows_per_block; r < r1; ++r) {
+        int64_t r = rb * rows_per_block;
+        // Four rows per visit of the sums: the same additions in the same order, with a quarter
+        // of the loads and stores of the sums.
+        for (; r + 4 <= r1; r += 4) {
+            const int64_t row = r * channels;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) {
+                double a = s1[c], b = s2[c];
+                add(row + c, c, a, b);
+                add(row + channels + c, c, a, b);
+                add(row + 2 * channels + c, c, a, b);
+                add(row + 3 * channels + c, c, a, b);
+                s1[c] = a;
+                s2[c] = b;
+            }
+        }
+        for (; r < r1; ++r) {
             const int64_t row = r * channels;
 #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) add(row + c, c, s1[c], s2[c]);
@@ -167,6 +315,65 @@ bool reduce(int64_t outer, int64_t channels, int64_t inner, int num_threads, dou
     return reduce_strided(outer, channels, inner, num_threads, total1, total2, add);
 }
 
+// Streaming (non-temporal) stores write whole cache lines without first reading them from memory,
+// which a plain store does (a third of a streaming pass's traffic). Used for outputs too big to be
+// read back from cache anyway (kBnStreamingStoreBytes); the values stored are the same.
+inline void stream_line(void* dst, const void* src) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+#elif defined(__AVX__)
+    for (int q = 0; q < 2; ++q)
+        _mm256_stream_si256(static_cast<__m256i*>(dst) + q, _mm256_loadu_si256(static_cast<const __m256i*>(src) + q));
+#elif defined(__SSE2__)
+    for (int q = 0; q < 4; ++q)
+        _mm_stream_si128(static_cast<__m128i*>(dst) + q, _mm_loadu_si128(static_cast<const __m128i*>(src) + q));
+#else
+    __builtin_memcpy(dst, src, kLineBytes);
+#endif
+}
+
+// Orders a thread's streaming stores before whatever it does next (they bypass the usual ordering).
+inline void stream_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+// out[j] = value(j) for j in [0, len): with `stream`, the whole cache lines inside the run by
+// streaming stores, the partial lines at its ends by plain ones.
+template <class X, class Value>
+inline void write_run(X* __restrict__ out, int64_t len, bool stream, Value value) {
+    constexpr int64_t per_line = kLineBytes / int64_t(sizeof(X));
+    int64_t start = 0;
+    if (stream) {
+        const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(out) % kLineBytes);
+        // Values not aligned to their size never fill a line: plain stores throughout.
+        const int64_t head = offset == 0                       ? 0
+                             : offset % int64_t(sizeof(X)) != 0 ? len
+                                                                : (kLineBytes - offset) / int64_t(sizeof(X));
+        if (head < len) {
+#pragma omp simd
+            for (int64_t j = 0; j < head; ++j) out[j] = value(j);
+            const int64_t lines_end = head + (len - head) / per_line * per_line;
+            for (int64_t j = head; j < lines_end; j += per_line) {
+                alignas(kLineBytes) X line[per_line];
+#pragma omp simd
+                for (int64_t q = 0; q < per_line; ++q) line[q] = value(j + q);
+                stream_line(out + j, line);
+            }
+            start = lines_end;
+        }
+    }
+#pragma omp simd
+    for (int64_t j = start; j < len; ++j) out[j] = value(j);
+}
+
+// Not for half types: their software rounding does not vectorise into the line buffer.
+template <class X>
+inline bool use_streaming_stores(int64_t n) {
+    return sizeof(X) >= 4 && n * int64_t(sizeof(X)) >= kBnStreamingStoreBytes;
+}
+
 // Calls row(k, len, c) for every run of elements [k, k + len) of the flat range that belongs to
 // one channel (axis 1) or one row starting at channel c (channels-last); ranges are split over
 // threads on aligned boundaries.
@@ -188,6 +395,7 @@ void for_each_run(int64_t outer, int64_t channels, int64_t inner, int num_thread
                 k = end;
             }
         }
+        stream_fence();
     });
 }
 
@@ -227,26 +435,36 @@ bool forward_typed(const BnForwardCall& call) {
     };
 
     const int nthreads = threads_for(count * channels, call.num_threads);
-    if (call.training && use_fused<X>(outer, channels, inner, nthreads)) {
+    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), int64_t(sizeof(X)), nthreads);
+    const bool stream = use_streaming_stores<X>(count * channels);
+    if (call.training && groups.size > 0) {
+        // Lane sums only for groups of several channels (group_sums), so that this scratch stays small.
+        Buffer<double> shift(channels), sum1(channels), sum2(channels);
+        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);
+        if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
+        for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
+        const double* __restrict__ sh = shift.data;
+        ShiftedSums<X> add{x, sh};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-        for (int64_t c = 0; c < channels; ++c) {
-            const double shift = load_as<double>(x[c * inner]);
-            auto add = [x, shift](int64_t k, int64_t, double& a, double& b) {
-                double d = load_as<double>(x[k]) - shift;
-                a += d;
-                b += d * d;
-            };
-            double sum1, sum2;
-            channel_sums(channels, inner, count, c, add, sum1, sum2);
-            finalize(c, shift, sum1, sum2);
-            constants(c);
-            const C mc = mean[c], sc = scale[c], bc = shift_out[c];
-            for (int64_t o = 0; o < outer; ++o) {
-                const X* __restrict__ xs = x + (o * channels + c) * inner;
-                X* __restrict__ ys = y + (o * channels + c) * inner;
-#pragma omp simd
-                for (int64_t j = 0; j < inner; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+        for (int64_t g = 0; g < groups.count; ++g) {
+            const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
+            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
+            for (int64_t c = c0; c < c1; ++c) {
+                finalize(c, shift[c], sum1[c], sum2[c]);
+                constants(c);
             }
+            for (int64_t o = 0; o < outer; ++o) {
+                for (int64_t c = c0; c < c1; ++c) {
+                    const X* __restrict__ xs = x + (o * channels + c) * inner;
+                    const C mc = mean[c], sc = scale[c], bc = shift_out[c];
+                    auto value = [=](int64_t j) __attribute__((always_inline)) {
+                        return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+                    };
+                    write_run(y + (o * channels + c) * inner, inner, stream, value);
+                }
+            }
+            stream_fence();
         }
         return true;
     }
@@ -256,12 +474,7 @@ bool forward_typed(const BnForwardCall& call) {
         if (!shift.data || !sum1.data || !sum2.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
-        bool reduced = reduce(outer, channels, inner, call.num_threads, sum1.data, sum2.data,
-                              [x, sh](int64_t k, int64_t c, double& a, double& b) {
-                                  double d = load_as<double>(x[k]) - sh[c];
-                                  a += d;
-                                  b += d * d;
-                              });
+        bool reduced = reduce(outer, channels, inner, call.num_threads, sum1.data, sum2.data, ShiftedSums<X>{x, sh});
         if (!reduced) return false;
         for (int64_t c = 0; c < channels; ++c) finalize(c, shift[c], sum1[c], sum2[c]);
     } else {
@@ -277,18 +490,18 @@ bool forward_typed(const BnForwardCall& call) {
     const C* __restrict__ b = shift_out.data;
     for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ xs = x + k;
-        X* __restrict__ ys = y + k;
         if (inner == 1) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ sc = s + c;
             const C* __restrict__ bc = b + c;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
+            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+                return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
+            });
         } else {
             const C mc = m[c], sc = s[c], bc = b[c];
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j) ys[j] = store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+                return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
+            });
         }
     });
     return true;
@@ -330,39 +543,40 @@ bool backward_typed(const BnBackwardCall& call) {
     };
     const bool needs_sums = call.training || dweight != nullptr;
     const int nthreads = threads_for(count * channels, call.num_threads);
-    if (needs_sums && use_fused<X>(outer, channels, inner, nthreads)) {
+    const ChannelGroups groups =
+        fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
+    const bool stream = use_streaming_stores<X>(count * channels);
+    if (needs_sums && groups.size > 0) {
+        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);  // as in the forward
+        if (!lanes.data) return false;
+        const double* __restrict__ mw = mean_wide.data;
+        GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-        for (int64_t c = 0; c < channels; ++c) {
-            const double center = mean_wide[c];
-            auto add = [dy, x, center](int64_t k, int64_t, double& a, double& b) {
-                double g = load_as<double>(dy[k]);
-                a += g;
-                b += g * (load_as<double>(x[k]) - center);
-            };
-            double s_dy, s_dy_xmu;
-            channel_sums(channels, inner, count, c, add, s_dy, s_dy_xmu);
-            finalize(c, s_dy, s_dy_xmu);
-            const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
+        for (int64_t g = 0; g < groups.count; ++g) {
+            const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
+            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
+                       sum_dy_xmu.data);
+            for (int64_t c = c0; c < c1; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
             for (int64_t o = 0; o < outer; ++o) {
-                const int64_t base = (o * channels + c) * inner;
-                const X* __restrict__ dys = dy + base;
-                const X* __restrict__ xs = x + base;
-                X* __restrict__ dxs = dx + base;
-#pragma omp simd
-                for (int64_t j = 0; j < inner; ++j)
-                    dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+                for (int64_t c = c0; c < c1; ++c) {
+                    const int64_t base = (o * channels + c) * inner;
+                    const X* __restrict__ dys = dy + base;
+                    const X* __restrict__ xs = x + base;
+                    const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
+                    write_run(dx + base, inner, stream, [=](int64_t j) __attribute__((always_inline)) {
+                        return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+                    });
+                }
             }
+            stream_fence();
         }
         return true;
     }
     if (needs_sums) {
         const double* __restrict__ mw = mean_wide.data;
-        bool reduced = reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data,
-                              [dy, x, mw](int64_t k, int64_t c, double& a, double& b) {
-                                  double g = load_as<double>(dy[k]);
-                                  a += g;
-                                  b += g * (load_as<double>(x[k]) - mw[c]);
-                              });
+        bool reduced =
+            reduce(outer, channels, inner, call.num_threads, sum_dy.data, sum_dy_xmu.data, GradSums<X>{dy, x, mw});
         if (!reduced) return false;
     }
     for (int64_t c = 0; c < channels; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
@@ -373,21 +587,19 @@ bool backward_typed(const BnBackwardCall& call) {
     for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ dys = dy + k;
         const X* __restrict__ xs = x + k;
-        X* __restrict__ dxs = dx + k;
         if (inner == 1) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ ac = a + c;
             const C* __restrict__ bc = b + c;
             const C* __restrict__ oc = o + c;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                dxs[j] = store_as<X>(
-                    bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
+            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+                return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
+            });
         } else {
             const C mc = m[c], ac = a[c], bc = b[c], oc = o[c];
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-                dxs[j] = store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+                return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
+            });
         }
     });
     return true;

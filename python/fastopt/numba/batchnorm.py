@@ -9,7 +9,7 @@ from .math import store, widen
 
 # csrc/cpu/batchnorm.h: fixed block sizes, so that sums do not depend on the thread count.
 BN_BLOCK = 16384
-ROW_BLOCK_ELEMS = 65536
+ROW_BLOCK_ELEMS = 262144
 CHANNEL_BLOCK = 4096
 
 
