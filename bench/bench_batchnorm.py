@@ -125,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: all)")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    from fastopt.bench.runner import keep_freed_memory
+
+    print(f"allocator: {keep_freed_memory()}")  # torch at its best: no page faults on its outputs
     import torch
 
     if args.threads:

@@ -46,6 +46,7 @@ def _json_default(value):
 
 def main(argv=None):
     from . import CheckFailed, Config, headline_text, markdown_table, run
+    from .runner import keep_freed_memory
 
     args = parser().parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -55,8 +56,9 @@ def main(argv=None):
                     sizes=args.sizes, repeats=args.repeats)
     print(f"fastopt bench: backends {', '.join(config.backends)}; threads {config.threads}"
           + "".join(f"; {name} unavailable: {why}" for name, why in config.unavailable.items()), file=sys.stderr)
+    allocator = keep_freed_memory()  # before anything large is allocated
     try:
-        result = run(config)
+        result = run(config, allocator)
     except CheckFailed as exc:
         print(f"fastopt bench: CORRECTNESS CHECK FAILED, nothing more measured:\n  {exc}", file=sys.stderr)
         return 1
