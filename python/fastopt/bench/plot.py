@@ -11,8 +11,11 @@ def plot(result, path):
                and r["kind"] != "overhead"]
     if not records:
         raise ValueError("nothing to plot: the run has no fastopt measurement")
+    # One backend, or its records would replace each other's: the default one for NumPy arrays.
+    backends = [r["backend"] for r in records]
+    backend = "cpu" if "cpu" in backends else backends[0]
     threads = max(r["threads"] for r in records)
-    records = [r for r in records if r["threads"] == threads]
+    records = [r for r in records if r["threads"] == threads and r["backend"] == backend]
     largest = {}
     for r in records:  # per workload, the largest size measured
         if r["size"] >= largest.get(r["workload"], {"size": -1})["size"]:
@@ -44,7 +47,7 @@ def plot(result, path):
     right.set_xlabel("speed-up of fastopt (reference time / fastopt time)")
     right.legend(loc="lower right", fontsize=8)
     machine = result["machine"]
-    fig.suptitle(f"fastopt bench, {machine.get('cpu', machine.get('machine'))}, {threads} threads, "
+    fig.suptitle(f"fastopt[{backend}] bench, {machine.get('cpu', machine.get('machine'))}, {threads} threads, "
                  f"{machine['date_utc'][:10]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
