@@ -307,6 +307,13 @@ def test_headline_reads_the_records():
     assert rows["gpt2-small Adam vs torch fused over the tensor list"] == (1.3, True)
 
 
+def test_headline_has_no_bandwidth_target_for_in_cache_sizes():
+    """The 90% and torch-fused targets are for 6.4e7 elements: a --quick run stops at 1e6."""
+    records = [{"kind": "optimizer", "workload": "Adam", "impl": "fastopt[cpu]", "threads": 2, "size": 1_000_000,
+                "dtype": "float32", "seconds": 1.0, "fraction_of_limit": 0.5, "speedup": {"torch-fused": 0.9}}]
+    assert not any("optimizer at" in row[0] or "Adam n=" in row[0] for row in bench_runner.headline(records))
+
+
 def test_a_reference_that_disagrees_is_reported_not_timed(monkeypatch):
     right_step = impls.NumpyOptimizer.step
 
