@@ -248,20 +248,28 @@ def test_deterministic_across_thread_counts(backend, shape, axis, dtype):
     dy = _data(shape, dtype, 20)
     c = _channels_of(shape, axis)
     weight, bias = _params(c, dtype, 19)
+    _same_bits_at_thread_counts(backend, x, dy, weight, bias, np.zeros(c, np.float32), np.ones(c, np.float32),
+                                axis, (1, 2, 3, 5))
+
+
+def _same_bits_at_thread_counts(backend, x, dy, weight, bias, rm0, rv0, axis, thread_counts):
+    """Forward then backward at each thread count; asserts every output is bitwise the same and
+    returns them: y, mean, invstd, running mean and var, dx, dweight, dbias."""
     before = fastopt.get_num_threads()
     results = []
     try:
-        for n in (1, 2, 3, 5):
+        for n in thread_counts:
             fastopt.set_num_threads(n)
-            rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+            rm, rv = rm0.copy(), rv0.copy()
             y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, rm, rv, axis=axis, backend=backend)
             dx, dw, db = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, backend=backend)
-            results.append([a.view(np.uint8).copy() for a in (y, mean, invstd, rm, rv, dx, dw, db)])
+            results.append((y, mean, invstd, rm, rv, dx, dw, db))
     finally:
         fastopt.set_num_threads(before)
     for other in results[1:]:
         for a, b in zip(results[0], other):
-            assert np.array_equal(a, b)
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    return results[-1]
 
 
 # Shapes that take each path of the CPU kernels (csrc/cpu/isa_batchnorm.cpp): channel groups
@@ -295,20 +303,8 @@ def _check_at_thread_counts(backend, dtype, shape, axis, thread_counts):
     st = _stat_dtype(dtype)
     weight, bias = _params(c, dtype, 31)
     rm0, rv0 = np.zeros(c, st), np.ones(c, st)
-    before = fastopt.get_num_threads()
-    results = []
-    try:
-        for n in thread_counts:
-            fastopt.set_num_threads(n)
-            rm, rv = rm0.copy(), rv0.copy()
-            y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, rm, rv, axis=axis, backend=backend)
-            dx, dw, db = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, backend=backend)
-            results.append([a.view(np.uint8).copy() for a in (y, mean, invstd, rm, rv, dx, dw, db)])
-    finally:
-        fastopt.set_num_threads(before)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert np.array_equal(a, b)
+    y, mean, invstd, rm, rv, dx, dw, db = _same_bits_at_thread_counts(backend, x, dy, weight, bias, rm0, rv0,
+                                                                      axis, thread_counts)
     y_ref, mean_ref, invstd_ref, rm_ref, rv_ref = ref.forward(x, weight, bias, rm0, rv0, axis=axis)
     stat_tol = STAT_TOL.get(np.dtype(dtype), 1e-6)
     _check("save_mean", mean, mean_ref, stat_tol, scale=float(np.max(np.abs(mean_ref)) + 1 / np.min(invstd_ref)))
