@@ -4,12 +4,11 @@ It serves NumPy arrays when the compiled extension cannot be imported, or when a
 (backend="numba", fastopt.use_backend("numba"), FASTOPT_BACKEND=numba). Its entry points have the
 signatures of the extension's (csrc/bindings.cpp).
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64, UINT16, is_half
-from .optim import PARALLEL_THRESHOLD, kernel_for
+from .optim import kernel_for, runs_parallel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
 
@@ -70,5 +69,5 @@ _sum_of_squares_serial = njit(_sum_of_squares.py_func)  # the same sums in the s
 
 
 def sum_of_squares(code, x):
-    parallel = x.size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
-    return float((_sum_of_squares if parallel else _sum_of_squares_serial)(_storage(x, code), code))
+    loop = _sum_of_squares if runs_parallel(x.size) else _sum_of_squares_serial
+    return float(loop(_storage(x, code), code))

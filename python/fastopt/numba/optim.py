@@ -44,11 +44,16 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
     return kernel
 
 
+def runs_parallel(size):
+    """Whether a loop over `size` elements is spread over threads: not below PARALLEL_THRESHOLD,
+    where waking them costs more than the work (as in C++)."""
+    return size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
+
+
 def kernel_for(rule, size, *constants):
     """The loop of `rule` for (variant, num_states, has_master, param_code, grad_code, state_code,
-    stochastic), compiled on first use: over threads, or on the calling thread below
-    PARALLEL_THRESHOLD elements, where waking threads costs more than the work (as in C++)."""
-    parallel = size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
+    stochastic), compiled on first use, parallel or not as runs_parallel(size) says."""
+    parallel = runs_parallel(size)
     key = (rule, parallel) + constants
     kernel = _CACHE.get(key)
     if kernel is None:
