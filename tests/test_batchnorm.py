@@ -280,8 +280,10 @@ PATHS = [((11, 5, 37, 41), 1), ((2, 2, 1024, 520), 1), ((4099, 77), 1), ((3, 50,
 
 
 # Outputs of 16 MiB and more are written with streaming stores (csrc/cpu/batchnorm.h): the
-# grouped, two-pass and channels-last paths at that size.
-STREAMED = [((64, 8, 96, 96), 1), ((2, 2, 1024, 1040), 1), ((4200, 1000), 1)]
+# grouped, two-pass and channels-last paths at that size, each also with rows whose length is
+# not a whole number of cache lines (a line a row leaves unfinished is completed by the next).
+STREAMED = [((64, 8, 96, 96), 1), ((2, 2, 1024, 1040), 1), ((4200, 1000), 1),
+            ((256, 128, 13, 13), 1), ((2, 3, 1500007), 1), ((65537, 67), -1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -380,6 +382,28 @@ def test_out_buffers_are_used(backend):
     dx2, dw2, db2 = fastopt.batch_norm_backward(dy, x, weight, m2, s2, backend=backend)
     for a, b in ((y, y2), (stats[0], m2), (stats[1], s2), (dx, dx2), (grads[0], dw2), (grads[1], db2)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,axis", STREAMED[3:])
+def test_streamed_outputs_not_aligned_to_a_line(shape, axis):
+    """y and dx written at an offset of one value from a cache line hold the same bits."""
+    x = _data(shape, np.float32, 33, loc=3.0)
+    dy = _data(shape, np.float32, 34)
+    weight, bias = _params(_channels_of(shape, axis), np.float32, 33)
+    y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, axis=axis)
+    dx, dw, db = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis)
+
+    def one_past_a_line():
+        storage = np.empty(x.size + 32, np.float32)
+        start = (-storage.ctypes.data) % 64 // 4 + 1
+        return storage[start:start + x.size].reshape(shape)
+
+    y_off, dx_off = one_past_a_line(), one_past_a_line()
+    assert y_off.ctypes.data % 64 == 4 and dx_off.ctypes.data % 64 == 4
+    fastopt.batch_norm_forward(x, weight, bias, axis=axis, out=y_off)
+    fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, out=dx_off)
+    assert np.array_equal(y_off.view(np.uint32), y.view(np.uint32))
+    assert np.array_equal(dx_off.view(np.uint32), dx.view(np.uint32))
 
 
 def _bad_calls():

@@ -1,6 +1,7 @@
 // The interface between the BatchNorm bindings and the per-ISA kernels (isa_batchnorm.cpp).
 // Nothing here depends on the ISA.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels.h"
@@ -65,6 +66,41 @@ constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
 // about kBnPrefetchBytes ahead.
 constexpr int64_t kBnShortRowBytes = 4096;
 constexpr int64_t kBnPrefetchBytes = 5120;
+
+// Axis-1 layouts whose channel slices fit in cache run fused, one group of channels at a time per
+// thread: reduce the group, then write its output while its slices are still cached (in L2 or
+// the core's share of L3), so memory sees one read of the inputs instead of two. The group is
+// wide enough that its rows form long contiguous runs, and small enough that its slices fit
+// kBnFusedGroupBytes. Same sums in the same order as the two-pass path: the same bits either way.
+struct ChannelGroups {
+    int64_t count = 0, channels = 0;  // count 0: not fused
+    // Group g is channels [begin(g), begin(g + 1)): sizes differ by one channel at most.
+    int64_t begin(int64_t g) const { return g * channels / count; }
+};
+
+// bytes_per_value: of all inputs together (x; x and dy in the backward); nthreads: the threads
+// the kernel runs on.
+inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t value_bytes,
+                                  int64_t bytes_per_value, int nthreads) {
+    ChannelGroups g;
+    const int64_t slice_bytes = outer * inner * bytes_per_value;
+    // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
+    // channels into blocks instead.
+    if (inner == 1 || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
+    const int64_t fit = kBnFusedGroupBytes / slice_bytes;
+    const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
+    const int64_t per_thread = (channels + nthreads - 1) / nthreads;
+    // Switching channels costs a reload of the lane sums per row: short rows stay one channel per
+    // group, whose lane sums stay in registers. So do half types, whose conversions vectorise
+    // only in that form (block_sums).
+    const bool grouped = inner >= kBnGroupMinInner && value_bytes >= 4;
+    const int64_t size = grouped ? std::max<int64_t>(1, std::min(std::min(fit, long_run), per_thread)) : 1;
+    // A multiple of the thread count, so that every thread gets as many groups.
+    const int64_t count = (channels + size - 1) / size;
+    g.count = std::min(channels, (count + nthreads - 1) / nthreads * nthreads);
+    g.channels = channels;
+    return g;
+}
 
 // Both return false, having written nothing, when scratch memory cannot be allocated.
 bool batch_norm_forward(const BnForwardCall& call);

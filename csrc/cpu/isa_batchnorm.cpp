@@ -159,6 +159,8 @@ inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t
 // The sums of channels [c0, c1) in one sweep: for each row o, the rows of all the group's
 // channels lie next to each other in memory, so the sweep reads one long contiguous run per o
 // (a single channel's rows of `inner` values, far apart, keep the prefetchers from streaming).
+// Each channel's row is read whole, its segments (split where a block ends) in order: sweeping
+// the group segment by segment instead cut each row into short runs, 30% slower.
 // Per channel it adds the same segments in the same order as block_sums: the same bits.
 // `lanes` holds 2 * kLanes zeroed doubles per channel of the group.
 template <class Add>
@@ -171,23 +173,20 @@ inline void group_sums(int64_t outer, int64_t channels, int64_t inner, int64_t c
     }
     for (int64_t c = c0; c < c1; ++c) total1[c] = total2[c] = 0;
     for (int64_t o = 0; o < outer; ++o) {
-        for (int64_t i = 0; i < inner;) {
-            const int64_t m = o * inner + i;
-            const int64_t block_end = min_i64(count, (m / kBnBlock + 1) * kBnBlock);
-            const int64_t len = min_i64(inner - i, block_end - m);
-            for (int64_t c = c0; c < c1; ++c) {
-                double* lane = lanes + (c - c0) * 2 * kLanes;
+        for (int64_t c = c0; c < c1; ++c) {
+            double* lane = lanes + (c - c0) * 2 * kLanes;
+            for (int64_t i = 0; i < inner;) {
+                const int64_t m = o * inner + i;
+                const int64_t block_end = min_i64(count, (m / kBnBlock + 1) * kBnBlock);
+                const int64_t len = min_i64(inner - i, block_end - m);
                 segment_sums((o * channels + c) * inner + i, len, c, add, lane, lane + kLanes);
-            }
-            if (m + len == block_end) {
-                for (int64_t c = c0; c < c1; ++c) {
-                    double* lane = lanes + (c - c0) * 2 * kLanes;
+                if (m + len == block_end) {
                     total1[c] += lane_total(lane);
                     total2[c] += lane_total(lane + kLanes);
                     for (int j = 0; j < 2 * kLanes; ++j) lane[j] = 0;
                 }
+                i += len;
             }
-            i += len;
         }
     }
 }
@@ -220,39 +219,6 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
         total2[c] = s2;
     }
     return true;
-}
-
-// Axis-1 layouts whose channel slices fit in cache run fused, one group of channels at a time per
-// thread: reduce the group, then write its output while its slices are still cached (in L2 or
-// the core's share of L3), so memory sees one read instead of two. The group is wide enough that
-// its rows form long contiguous runs, and small enough that its slices fit kBnFusedGroupBytes.
-// Same sums in the same order as the two-pass path: the same bits either way.
-struct ChannelGroups {
-    int64_t size = 0, count = 0;  // size 0: not fused
-};
-
-inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t value_bytes,
-                                  int64_t bytes_per_value, int nthreads) {
-    ChannelGroups g;
-    const int64_t slice_bytes = outer * inner * bytes_per_value;
-    // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
-    // channels into blocks instead.
-    if (inner == 1 || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
-    const int64_t fit = kBnFusedGroupBytes / slice_bytes;
-    const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
-    const int64_t per_thread = (channels + nthreads - 1) / nthreads;
-    // Switching channels costs a reload of the lane sums per row: short rows stay one channel per
-    // group, whose lane sums stay in registers. So do half types, whose conversions vectorise
-    // only in that form (block_sums).
-    const bool grouped = inner >= kBnGroupMinInner && value_bytes >= 4;
-    int64_t size = grouped ? min_i64(min_i64(fit, long_run), per_thread) : 1;
-    if (size < 1) size = 1;
-    // Round the number of groups up to a multiple of the thread count, so every thread gets as many.
-    int64_t count = (channels + size - 1) / size;
-    count = (count + nthreads - 1) / nthreads * nthreads;
-    g.size = (channels + count - 1) / count;
-    g.count = (channels + g.size - 1) / g.size;
-    return g;
 }
 
 // Channels-last layouts (inner == 1): rows of `channels` values. Blocks of rows (and of channels,
@@ -339,34 +305,76 @@ inline void stream_fence() {
 #endif
 }
 
-// out[j] = value(j) for j in [0, len): with `stream`, the whole cache lines inside the run by
-// streaming stores, the partial lines at its ends by plain ones.
-template <class X, class Value>
-inline void write_run(X* __restrict__ out, int64_t len, bool stream, Value value) {
-    constexpr int64_t per_line = kLineBytes / int64_t(sizeof(X));
-    int64_t start = 0;
-    if (stream) {
-        const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(out) % kLineBytes);
+// Writes an output array front to back, from consecutive runs of values (one per channel row).
+// With streaming stores, whole cache lines are streamed: a line that one run leaves unfinished is
+// completed by the next run and streamed then, so that rows of a length that is not a multiple of
+// a line (14 x 14 floats) stream too. Storing each run's partial lines plainly, between streamed
+// ones, halved the write rate there. The partial lines at the two ends of what one writer covers
+// are stored plainly.
+template <class X>
+class OutputWriter {
+public:
+    OutputWriter(X* out, int64_t begin, bool stream) : out_(out), next_(begin) {
+        const int64_t offset = int64_t(reinterpret_cast<uintptr_t>(out + begin) % kLineBytes);
         // Values not aligned to their size never fill a line: plain stores throughout.
-        const int64_t head = offset == 0                       ? 0
-                             : offset % int64_t(sizeof(X)) != 0 ? len
-                                                                : (kLineBytes - offset) / int64_t(sizeof(X));
-        if (head < len) {
+        stream_ = stream && reinterpret_cast<uintptr_t>(out) % sizeof(X) == 0;
+        head_ = !stream_ || offset == 0 ? 0 : (kLineBytes - offset) / int64_t(sizeof(X));
+    }
+    OutputWriter(const OutputWriter&) = delete;
+    OutputWriter& operator=(const OutputWriter&) = delete;
+
+    // The next len values are value(0), ..., value(len - 1).
+    template <class Value>
+    void append(int64_t len, Value value) {
+        int64_t j = 0;
+        if (!stream_ || head_ > 0) {  // plain stores: all of them, or those before the first line
+            const int64_t n = stream_ ? min_i64(len, head_) : len;
+            X* __restrict__ dst = out_ + next_;
 #pragma omp simd
-            for (int64_t j = 0; j < head; ++j) out[j] = value(j);
-            const int64_t lines_end = head + (len - head) / per_line * per_line;
-            for (int64_t j = head; j < lines_end; j += per_line) {
-                alignas(kLineBytes) X line[per_line];
-#pragma omp simd
-                for (int64_t q = 0; q < per_line; ++q) line[q] = value(j + q);
-                stream_line(out + j, line);
+            for (int64_t q = 0; q < n; ++q) dst[q] = value(q);
+            if (stream_) head_ -= n;
+            next_ += n;
+            j = n;
+        }
+        if (pending_ > 0 && j < len) {  // complete the line the previous run left
+            const int64_t n = min_i64(len - j, kPerLine - pending_);
+            for (int64_t q = 0; q < n; ++q) line_[pending_ + q] = value(j + q);
+            pending_ += n;
+            next_ += n;
+            j += n;
+            if (pending_ == kPerLine) {
+                stream_line(out_ + next_ - kPerLine, line_);
+                pending_ = 0;
             }
-            start = lines_end;
+        }
+        for (; len - j >= kPerLine; j += kPerLine, next_ += kPerLine) {
+            alignas(kLineBytes) X line[kPerLine];
+#pragma omp simd
+            for (int64_t q = 0; q < kPerLine; ++q) line[q] = value(j + q);
+            stream_line(out_ + next_, line);
+        }
+        if (j < len) {  // the start of a line: kept for the next run
+            for (int64_t q = 0; q < len - j; ++q) line_[q] = value(j + q);
+            pending_ = len - j;
+            next_ += pending_;
         }
     }
-#pragma omp simd
-    for (int64_t j = start; j < len; ++j) out[j] = value(j);
-}
+
+    // Stores a line left unfinished; the writer is done.
+    void finish() {
+        for (int64_t q = 0; q < pending_; ++q) out_[next_ - pending_ + q] = line_[q];
+        pending_ = 0;
+    }
+
+private:
+    static constexpr int64_t kPerLine = kLineBytes / int64_t(sizeof(X));
+    X* out_;
+    int64_t next_;         // the index in out_ of the next value
+    int64_t head_ = 0;     // values still to store plainly before the first line boundary
+    int64_t pending_ = 0;  // values in line_, which belong at out_[next_ - pending_, next_)
+    bool stream_;
+    alignas(kLineBytes) X line_[kPerLine];
+};
 
 // Not for half types: their software rounding does not vectorise into the line buffer.
 template <class X>
@@ -374,27 +382,29 @@ inline bool use_streaming_stores(int64_t n) {
     return sizeof(X) >= 4 && n * int64_t(sizeof(X)) >= kBnStreamingStoreBytes;
 }
 
-// Calls row(k, len, c) for every run of elements [k, k + len) of the flat range that belongs to
-// one channel (axis 1) or one row starting at channel c (channels-last); ranges are split over
-// threads on aligned boundaries.
-template <class Row>
-void for_each_run(int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
+// Calls row(writer, k, len, c) for every run of elements [k, k + len) of the flat range that
+// belongs to one channel (axis 1) or one row starting at channel c (channels-last), in order;
+// `writer` writes `out` from element k on. Ranges are split over threads on aligned boundaries.
+template <class X, class Row>
+void for_each_run(X* out, bool stream, int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
     const int64_t n = outer * channels * inner;
     parallel_ranges(n, num_threads, [&](int64_t lo, int64_t hi) {
+        OutputWriter<X> writer(out, lo, stream);
         int64_t k = lo;
         while (k < hi) {
             if (inner == 1) {
                 const int64_t c = k % channels;
                 const int64_t end = min_i64(hi, k - c + channels);
-                row(k, end - k, c);
+                row(writer, k, end - k, c);
                 k = end;
             } else {
                 const int64_t r = k / inner;
                 const int64_t end = min_i64(hi, (r + 1) * inner);
-                row(k, end - k, r % channels);
+                row(writer, k, end - k, r % channels);
                 k = end;
             }
         }
+        writer.finish();
         stream_fence();
     });
 }
@@ -437,32 +447,33 @@ bool forward_typed(const BnForwardCall& call) {
     const int nthreads = threads_for(count * channels, call.num_threads);
     const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
-    if (call.training && groups.size > 0) {
+    if (call.training && groups.count > 0) {
         // Lane sums only for groups of several channels (group_sums), so that this scratch stays small.
         Buffer<double> shift(channels), sum1(channels), sum2(channels);
-        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);
+        Buffer<double> lanes(groups.count < channels ? channels * 2 * kLanes : 1);
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
         ShiftedSums<X> add{x, sh};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
-            const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
-            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
+            double* group_lanes = c1 - c0 > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
             for (int64_t c = c0; c < c1; ++c) {
                 finalize(c, shift[c], sum1[c], sum2[c]);
                 constants(c);
             }
             for (int64_t o = 0; o < outer; ++o) {
+                OutputWriter<X> writer(y, (o * channels + c0) * inner, stream);
                 for (int64_t c = c0; c < c1; ++c) {
                     const X* __restrict__ xs = x + (o * channels + c) * inner;
                     const C mc = mean[c], sc = scale[c], bc = shift_out[c];
-                    auto value = [=](int64_t j) __attribute__((always_inline)) {
+                    writer.append(inner, [=](int64_t j) __attribute__((always_inline)) {
                         return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
-                    };
-                    write_run(y + (o * channels + c) * inner, inner, stream, value);
+                    });
                 }
+                writer.finish();
             }
             stream_fence();
         }
@@ -488,18 +499,19 @@ bool forward_typed(const BnForwardCall& call) {
     const C* __restrict__ m = mean.data;
     const C* __restrict__ s = scale.data;
     const C* __restrict__ b = shift_out.data;
-    for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
+    for_each_run(y, stream, outer, channels, inner, call.num_threads,
+                 [&](OutputWriter<X>& writer, int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ xs = x + k;
         if (inner == 1) {
             const C* __restrict__ mc = m + c;
             const C* __restrict__ sc = s + c;
             const C* __restrict__ bc = b + c;
-            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+            writer.append(len, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]));
             });
         } else {
             const C mc = m[c], sc = s[c], bc = b[c];
-            write_run(y + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+            writer.append(len, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_normalize<C>(load_as<C>(xs[j]), mc, sc, bc));
             });
         }
@@ -546,28 +558,30 @@ bool backward_typed(const BnBackwardCall& call) {
     const ChannelGroups groups =
         fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
-    if (needs_sums && groups.size > 0) {
-        Buffer<double> lanes(groups.size > 1 ? channels * 2 * kLanes : 1);  // as in the forward
+    if (needs_sums && groups.count > 0) {
+        Buffer<double> lanes(groups.count < channels ? channels * 2 * kLanes : 1);  // as in the forward
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
         GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
-            const int64_t c0 = g * groups.size, c1 = min_i64(channels, c0 + groups.size);
-            double* group_lanes = groups.size > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
+            double* group_lanes = c1 - c0 > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
                        sum_dy_xmu.data);
             for (int64_t c = c0; c < c1; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
             for (int64_t o = 0; o < outer; ++o) {
+                OutputWriter<X> writer(dx, (o * channels + c0) * inner, stream);
                 for (int64_t c = c0; c < c1; ++c) {
                     const int64_t base = (o * channels + c) * inner;
                     const X* __restrict__ dys = dy + base;
                     const X* __restrict__ xs = x + base;
                     const C mc = mean[c], ac = dy_coef[c], bc = x_coef[c], oc = offset[c];
-                    write_run(dx + base, inner, stream, [=](int64_t j) __attribute__((always_inline)) {
+                    writer.append(inner, [=](int64_t j) __attribute__((always_inline)) {
                         return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
                     });
                 }
+                writer.finish();
             }
             stream_fence();
         }
@@ -584,7 +598,8 @@ bool backward_typed(const BnBackwardCall& call) {
     const C* __restrict__ a = dy_coef.data;
     const C* __restrict__ b = x_coef.data;
     const C* __restrict__ o = offset.data;
-    for_each_run(outer, channels, inner, call.num_threads, [&](int64_t k, int64_t len, int64_t c) {
+    for_each_run(dx, stream, outer, channels, inner, call.num_threads,
+                 [&](OutputWriter<X>& writer, int64_t k, int64_t len, int64_t c) {
         const X* __restrict__ dys = dy + k;
         const X* __restrict__ xs = x + k;
         if (inner == 1) {
@@ -592,12 +607,12 @@ bool backward_typed(const BnBackwardCall& call) {
             const C* __restrict__ ac = a + c;
             const C* __restrict__ bc = b + c;
             const C* __restrict__ oc = o + c;
-            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+            writer.append(len, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc[j], ac[j], bc[j], oc[j]));
             });
         } else {
             const C mc = m[c], ac = a[c], bc = b[c], oc = o[c];
-            write_run(dx + k, len, stream, [=](int64_t j) __attribute__((always_inline)) {
+            writer.append(len, [=](int64_t j) __attribute__((always_inline)) {
                 return store_as<X>(bn_input_grad<C>(load_as<C>(dys[j]), load_as<C>(xs[j]), mc, ac, bc, oc));
             });
         }
