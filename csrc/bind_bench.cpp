@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/batchnorm.h"
 #include "cpu/dispatch.h"
+#include "cpu/parallel.h"
 
 namespace py = pybind11;
 
@@ -57,6 +59,17 @@ double py_stream(py::list arrays, int read_only, int read_write, int write_only,
     return dispatch_stream(dtype, pointers.data(), read_only, read_write, write_only, n, num_threads);
 }
 
+// How many times the CPU BatchNorm kernels read their inputs (x; x and dy in the backward) from
+// memory in training: once where channel groups fit in cache (fused_groups), else twice.
+int py_batch_norm_input_reads(int64_t outer, int64_t channels, int64_t inner, int itemsize, bool backward,
+                              int num_threads) {
+    if (outer < 1 || channels < 1 || inner < 1 || itemsize < 1 || num_threads < 1)
+        throw std::invalid_argument("sizes and num_threads must be >= 1");
+    const int nthreads = fastopt::cpu::threads_for(outer * channels * inner, num_threads);
+    const int64_t input_bytes = (backward ? 2 : 1) * int64_t(itemsize);
+    return fastopt::cpu::fused_groups(outer, channels, inner, itemsize, input_bytes, nthreads).count > 0 ? 1 : 2;
+}
+
 }  // namespace
 
 void register_bench(py::module_& m) {
@@ -64,4 +77,8 @@ void register_bench(py::module_& m) {
           py::arg("write_only"), py::arg("num_threads"),
           "One streaming pass with a kernel's access pattern (benchmark only): reads the read-only "
           "and read-write arrays, writes the read-write and write-only ones. Returns a checksum.");
+    m.def("batch_norm_input_reads", &py_batch_norm_input_reads, py::arg("outer"), py::arg("channels"),
+          py::arg("inner"), py::arg("itemsize"), py::arg("backward"), py::arg("num_threads"),
+          "How many times the CPU BatchNorm kernels read their inputs from memory in training: 1 or 2 "
+          "(benchmark only).");
 }

@@ -12,6 +12,8 @@ import fastopt
 from fastopt import _backend
 from fastopt.bench import CheckFailed, Config, impls, references, run, workloads
 from fastopt.bench import runner as bench_runner
+from fastopt.bench.bandwidth import pattern_bytes
+from fastopt.bench.runner import batchnorm_passes
 from fastopt.bench.cli import main as bench_main
 
 cpu = pytest.importorskip("fastopt._cpu")
@@ -269,9 +271,24 @@ def test_batchnorm_workloads_check_and_time(monkeypatch):
     assert len(fast) == 6
     for r in fast:
         assert r["check"]["passed"] and r["fraction_of_limit"] > 0
-        assert r["bytes_per_element"] == (8 if "forward" in r["workload"] else 12)
+        direction = "forward" if "forward" in r["workload"] else "backward"
+        passes = batchnorm_passes(tuple(r["shape"]), r["axis"], direction, r["threads"])
+        assert r["passes"] == passes
+        assert r["bytes_per_element"] == pattern_bytes(passes, 4)
         if torch is not None:
             assert "torch" in r["speedup"]  # torch's batch_norm agreed with the reference too
+
+
+def test_batchnorm_limit_counts_the_reads_the_layout_needs():
+    """One read of the inputs where a group of channels stays cached between the statistics and
+    the output (channels-first, small slices), two where channels spread over the whole tensor
+    (channels-last, (N, C)) or a channel's slice is too big to cache; one write either way."""
+    pytest.importorskip("fastopt._cpu")
+    assert batchnorm_passes((64, 64, 56, 56), 1, "forward", 2) == [(1, 0, 1)]
+    assert batchnorm_passes((64, 64, 56, 56), 1, "backward", 2) == [(2, 0, 1)]
+    assert batchnorm_passes((64, 56, 56, 64), -1, "forward", 2) == [(1, 0, 0), (1, 0, 1)]
+    assert batchnorm_passes((8192, 1024), 1, "backward", 2) == [(2, 0, 0), (2, 0, 1)]
+    assert batchnorm_passes((4, 2, 1024, 1024), 1, "forward", 1) == [(1, 0, 0), (1, 0, 1)]
 
 
 def test_batchnorm_check_catches_a_wrong_kernel(monkeypatch):

@@ -19,6 +19,28 @@ from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
 
+
+def batchnorm_passes(shape, axis, direction, threads):
+    """The memory passes of a BatchNorm training step with the fewest reads of its inputs (x; x
+    and dy backward) that the CPU kernel manages for this layout: one where a group of channels'
+    values stays cached from the statistics to the output (channels-first, small enough slices),
+    two elsewhere (channels-last and (N, C), whose channels spread over the whole tensor; slices
+    too big to cache). The output is written once, with streaming stores when large, as by the
+    kernel and the streaming loop alike."""
+    inputs = 1 if direction == "forward" else 2
+    reads = 1
+    try:
+        from .. import _cpu
+    except ImportError:  # no extension: no limit is measured; the compulsory traffic is reported
+        _cpu = None
+    if _cpu is not None:
+        if axis == 1:
+            outer, channels, inner = shape[0], shape[1], math.prod(shape[2:])
+        else:
+            outer, channels, inner = math.prod(shape[:-1]), shape[-1], 1
+        reads = _cpu.batch_norm_input_reads(outer, channels, inner, 4, direction == "backward", threads)
+    return [(inputs, 0, 0)] * (reads - 1) + [(inputs, 0, 1)]
+
 class Config:
     def __init__(self, quick=False, only=None, threads=None, backends=None, sizes=None, repeats=None,
                  stream=sys.stderr):
@@ -359,7 +381,8 @@ class Run:
                     self.add(**base, workload=f"BN {direction} {bn.name}", impl=label,
                              skipped=f"CHECK FAILED, not timed: {exc}")
                 continue
-            for direction, passes in (("forward", [(1, 0, 1)]), ("backward", [(2, 0, 1)])):
+            for direction in ("forward", "backward"):
+                passes = batchnorm_passes(bn.shape, bn.axis, direction, threads)
                 fn = impl.forward if direction == "forward" else impl.backward
                 if direction == "forward" and label == "torch":
                     fn = impl.forward_only
