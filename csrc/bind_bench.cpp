@@ -60,14 +60,15 @@ double py_stream(py::list arrays, int read_only, int read_write, int write_only,
 }
 
 // How many times the CPU BatchNorm kernels read their inputs (x; x and dy in the backward) from
-// memory in training: once where channel groups fit in cache (fused_groups), else twice.
+// memory in training: once where channel groups fit in cache (fused_groups; how channels are
+// grouped does not change that), else twice.
 int py_batch_norm_input_reads(int64_t outer, int64_t channels, int64_t inner, int itemsize, bool backward,
                               int num_threads) {
     if (outer < 1 || channels < 1 || inner < 1 || itemsize < 1 || num_threads < 1)
         throw std::invalid_argument("sizes and num_threads must be >= 1");
     const int nthreads = fastopt::cpu::threads_for(outer * channels * inner, num_threads);
     const int64_t input_bytes = (backward ? 2 : 1) * int64_t(itemsize);
-    return fastopt::cpu::fused_groups(outer, channels, inner, itemsize, input_bytes, nthreads).count > 0 ? 1 : 2;
+    return fastopt::cpu::fused_groups(outer, channels, inner, input_bytes, true, nthreads).count > 0 ? 1 : 2;
 }
 
 }  // namespace

@@ -273,10 +273,12 @@ def _same_bits_at_thread_counts(backend, x, dy, weight, bias, rm0, rv0, axis, th
 
 
 # Shapes that take each path of the CPU kernels (csrc/cpu/isa_batchnorm.cpp): channel groups
-# (rows of at least 1024 values, with a reduction block boundary inside a row; at 3 threads too
-# few channels, so two passes), a channel slice too big to stay cached (two passes at any thread
-# count), and channels-last row blocks of four rows with a tail of 3 and of 2 rows.
-PATHS = [((11, 5, 37, 41), 1), ((2, 2, 1024, 520), 1), ((4099, 77), 1), ((3, 50, 7, 130), -1)]
+# swept row by row (rows of at least 1024 values, with a reduction block boundary inside a row;
+# at 3 threads too few channels, so two passes), channel groups of short rows summed channel by
+# channel, a channel slice too big to stay cached (two passes at any thread count), and
+# channels-last row blocks of four rows with a tail of 3 and of 2 rows.
+PATHS = [((11, 5, 37, 41), 1), ((10, 40, 9, 11), 1), ((2, 2, 1024, 520), 1), ((4099, 77), 1),
+         ((3, 50, 7, 130), -1)]
 
 
 # Outputs of 16 MiB and more are written with streaming stores (csrc/cpu/batchnorm.h): the

@@ -57,6 +57,9 @@ constexpr int64_t kBnChannelBlock = 4096;
 // core's share of L3; groups span at least kBnContiguousRunBytes per row where they can
 // (see fused_groups).
 constexpr int64_t kBnFusedGroupBytes = int64_t(4) << 20;
+// Groups whose channels are summed one at a time (short rows, half types: see sweeps_rows) are
+// read back from L2, where they fit this many bytes: from L3 the backward ran 10% slower.
+constexpr int64_t kBnChannelwiseGroupBytes = int64_t(1) << 20;
 constexpr int64_t kBnContiguousRunBytes = int64_t(64) << 10;
 constexpr int64_t kBnGroupMinInner = 1024;
 // Outputs (y, dx) of at least this many bytes are written with streaming stores: too big to be
@@ -78,23 +81,27 @@ struct ChannelGroups {
     int64_t begin(int64_t g) const { return g * channels / count; }
 };
 
-// bytes_per_value: of all inputs together (x; x and dy in the backward); nthreads: the threads
-// the kernel runs on.
-inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t value_bytes,
-                                  int64_t bytes_per_value, int nthreads) {
+// Whether a group's rows are summed in one sweep over the group (group_sums), or channel by
+// channel. Switching channels costs a reload of the lane sums per row, so short rows are summed
+// one channel at a time, whose lane sums stay in registers (block_sums, with prefetching). So are
+// half types, whose conversions vectorise only in that form.
+inline bool sweeps_rows(int64_t inner, int64_t value_bytes) {
+    return inner >= kBnGroupMinInner && value_bytes >= 4;
+}
+
+// bytes_per_value: of all inputs together (x; x and dy in the backward); sweeps: see sweeps_rows;
+// nthreads: the threads the kernel runs on.
+inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t bytes_per_value,
+                                  bool sweeps, int nthreads) {
     ChannelGroups g;
     const int64_t slice_bytes = outer * inner * bytes_per_value;
     // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
     // channels into blocks instead.
     if (inner == 1 || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
-    const int64_t fit = kBnFusedGroupBytes / slice_bytes;
+    const int64_t fit = (sweeps ? kBnFusedGroupBytes : kBnChannelwiseGroupBytes) / slice_bytes;
     const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
     const int64_t per_thread = (channels + nthreads - 1) / nthreads;
-    // Switching channels costs a reload of the lane sums per row: short rows stay one channel per
-    // group, whose lane sums stay in registers. So do half types, whose conversions vectorise
-    // only in that form (block_sums).
-    const bool grouped = inner >= kBnGroupMinInner && value_bytes >= 4;
-    const int64_t size = grouped ? std::max<int64_t>(1, std::min(std::min(fit, long_run), per_thread)) : 1;
+    const int64_t size = std::max<int64_t>(1, std::min(std::min(fit, long_run), per_thread));
     // A multiple of the thread count, so that every thread gets as many groups.
     const int64_t count = (channels + size - 1) / size;
     g.count = std::min(channels, (count + nthreads - 1) / nthreads * nthreads);

@@ -156,19 +156,19 @@ inline void channel_sums(int64_t channels, int64_t inner, int64_t count, int64_t
     total2 = s2;
 }
 
-// The sums of channels [c0, c1) in one sweep: for each row o, the rows of all the group's
+// The sums of channels [c0, c1). In a sweep, for each row o, the rows of all the group's
 // channels lie next to each other in memory, so the sweep reads one long contiguous run per o
 // (a single channel's rows of `inner` values, far apart, keep the prefetchers from streaming).
 // Each channel's row is read whole, its segments (split where a block ends) in order: sweeping
 // the group segment by segment instead cut each row into short runs, 30% slower.
 // Per channel it adds the same segments in the same order as block_sums: the same bits.
-// `lanes` holds 2 * kLanes zeroed doubles per channel of the group.
+// `lanes` holds 2 * kLanes zeroed doubles per channel of the group when it sweeps.
 template <class Add>
 inline void group_sums(int64_t outer, int64_t channels, int64_t inner, int64_t c0, int64_t c1, Add& add,
                        double* lanes, double* total1, double* total2) {
     const int64_t count = outer * inner;
-    if (c1 - c0 == 1) {
-        channel_sums(channels, inner, count, c0, add, total1[c0], total2[c0]);
+    if (c1 - c0 == 1 || !sweeps_rows(inner, Add::kBytes)) {
+        for (int64_t c = c0; c < c1; ++c) channel_sums(channels, inner, count, c, add, total1[c], total2[c]);
         return;
     }
     for (int64_t c = c0; c < c1; ++c) total1[c] = total2[c] = 0;
@@ -445,12 +445,14 @@ bool forward_typed(const BnForwardCall& call) {
     };
 
     const int nthreads = threads_for(count * channels, call.num_threads);
-    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), int64_t(sizeof(X)), nthreads);
+    const bool sweeps = sweeps_rows(inner, int64_t(sizeof(X)));
+    const ChannelGroups groups = fused_groups(outer, channels, inner, int64_t(sizeof(X)), sweeps, nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (call.training && groups.count > 0) {
-        // Lane sums only for groups of several channels (group_sums), so that this scratch stays small.
+        // Lane sums only for sweeps of several channels (group_sums), so that this scratch stays small.
         Buffer<double> shift(channels), sum1(channels), sum2(channels);
-        Buffer<double> lanes(groups.count < channels ? channels * 2 * kLanes : 1);
+        const bool sweep = sweeps && groups.count < channels;
+        Buffer<double> lanes(sweep ? channels * 2 * kLanes : 1);
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
@@ -458,7 +460,7 @@ bool forward_typed(const BnForwardCall& call) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
-            double* group_lanes = c1 - c0 > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            double* group_lanes = sweep ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
             for (int64_t c = c0; c < c1; ++c) {
                 finalize(c, shift[c], sum1[c], sum2[c]);
@@ -555,18 +557,19 @@ bool backward_typed(const BnBackwardCall& call) {
     };
     const bool needs_sums = call.training || dweight != nullptr;
     const int nthreads = threads_for(count * channels, call.num_threads);
-    const ChannelGroups groups =
-        fused_groups(outer, channels, inner, int64_t(sizeof(X)), 2 * int64_t(sizeof(X)), nthreads);
+    const bool sweeps = sweeps_rows(inner, int64_t(sizeof(X)));
+    const ChannelGroups groups = fused_groups(outer, channels, inner, 2 * int64_t(sizeof(X)), sweeps, nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (needs_sums && groups.count > 0) {
-        Buffer<double> lanes(groups.count < channels ? channels * 2 * kLanes : 1);  // as in the forward
+        const bool sweep = sweeps && groups.count < channels;  // as in the forward
+        Buffer<double> lanes(sweep ? channels * 2 * kLanes : 1);
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
         GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
-            double* group_lanes = c1 - c0 > 1 ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            double* group_lanes = sweep ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
                        sum_dy_xmu.data);
             for (int64_t c = c0; c < c1; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);
