@@ -317,8 +317,15 @@ def test_headline_reads_the_records():
          "dtype": "float32", "seconds": 1.0, "fraction_of_limit": 0.85, "speedup": {}},
         {"kind": "model", "workload": "gpt2-small Adam", "impl": "fastopt[cpu]", "threads": 2, "size": 5,
          "dtype": "float32", "seconds": 1.0, "speedup": {"torch-fused": 1.3}},
+        {"kind": "batchnorm", "workload": "BN forward (8,8)", "impl": "fastopt[cpu]", "threads": 2, "size": 64,
+         "dtype": "float32", "seconds": 1.0, "fraction_of_limit": 0.82, "speedup": {"torch": 3.5}},
+        {"kind": "batchnorm", "workload": "BN backward (8,8)", "impl": "fastopt[cpu]", "threads": 2, "size": 64,
+         "dtype": "float32", "seconds": 1.0, "fraction_of_limit": 0.68, "speedup": {"torch": 1.5}},
     ]
     rows = {name.split(":")[0].split(" (")[0]: (value, met) for name, value, _, met in bench_runner.headline(records)}
+    assert rows["BatchNorm"] == (0.68, False)
+    assert rows["BatchNorm forward vs torch, lowest over shapes"] == (3.5, True)
+    assert rows["BatchNorm backward vs torch, lowest over shapes"] == (1.5, False)
     assert rows["every fp32 optimizer at n=6.4e+07"] == (0.85, False)
     assert rows["Adam n=6.4e+07 vs torch fused"] == (1.1, True)
     assert rows["gpt2-small Adam vs torch fused over the tensor list"] == (1.3, True)
