@@ -25,8 +25,8 @@ def batchnorm_passes(shape, axis, direction, threads):
     and dy backward) that the CPU kernel manages for this layout: one where a group of channels'
     values stays cached from the statistics to the output (channels-first, small enough slices),
     two elsewhere (channels-last and (N, C), whose channels spread over the whole tensor; slices
-    too big to cache). The output is written once, with streaming stores when large, as by the
-    kernel and the streaming loop alike."""
+    too big to cache). The output is written once: by the streaming loop with plain stores, by
+    the kernels with streaming stores from 16 MiB on."""
     inputs = 1 if direction == "forward" else 2
     reads = 1
     try:
