@@ -292,6 +292,20 @@ def test_clip_grad_norm_(backend):
     assert np.all(g2 == np.float32(0.01))
 
 
+@pytest.mark.parametrize("stored,declared", [(np.float16, None), (BF16, None), (np.uint16, "float16"),
+                                             (np.uint16, "bfloat16")], ids=str)
+def test_clip_grad_norm_scales_half_types_in_float32(backend, stored, declared):
+    """Half-precision gradients, also uint16 declared with grad_dtype, are scaled in float32 and
+    rounded once to their type, as torch does (not by a factor first rounded to half precision)."""
+    half = {"float16": np.float16, "bfloat16": BF16}.get(declared, stored)
+    values = (np.random.default_rng(21).standard_normal(1031) * 4).astype(half)
+    g = values.view(np.uint16).copy() if declared else values.copy()
+    norm = fastopt.clip_grad_norm_(g, 1.0, grad_dtype=declared, backend=backend)
+    assert norm == pytest.approx(math.sqrt(float(np.sum(values.astype(np.float64) ** 2))), rel=1e-12)
+    expected = (values.astype(np.float32) * np.float32(1.0 / (norm + 1e-6))).astype(half)
+    assert np.array_equal(g.view(np.uint16), expected.view(np.uint16))
+
+
 def test_stochastic_rounding_is_unbiased(backend):
     """Updates of 1e-4 are far below bfloat16's spacing at 1.0 (2^-7): rounding to nearest would
     never move the parameter, stochastic rounding moves it by the right amount on average."""
@@ -355,3 +369,17 @@ def test_stochastic_rounding_options_are_checked():
     with pytest.raises(TypeError, match="rounding_seed must be an integer"):
         fastopt.functional.sgd(p, np.ones(4, BF16), lr=0.1, rounding_seed=1.5)
     assert np.all(p == 1)
+
+
+def test_bfloat16_bits_round_like_ml_dtypes():
+    """Ties to even, carries into the exponent and into infinity, NaN kept NaN, on arrays and floats."""
+    u = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00001,
+                  0xFFFFFFFF, 0x00000001, 0x80008000], np.uint32)
+    f = u.view(np.float32)
+    got = fastopt._dtypes.bfloat16_bits(f)
+    expected = f.astype(BF16).view(np.uint16)
+    nan = np.isnan(f)
+    assert np.array_equal(got[~nan], expected[~nan])
+    assert np.all(np.isnan(got[nan].view(BF16).astype(np.float32)))
+    assert np.array_equal(np.signbit(got[nan].view(BF16).astype(np.float32)), np.signbit(f[nan]))
+    assert fastopt._dtypes.bfloat16_bits(1.00390625) == np.uint16(0x3F80)  # a tie: to even

@@ -153,6 +153,15 @@ def use_backend(name):
         _override.reset(token)
 
 
+def array_module(kind):
+    """The module of arrays of `kind`: numpy, or cupy."""
+    if kind == "numpy":
+        return np
+    import cupy
+
+    return cupy
+
+
 def array_kind(a):
     """"numpy", "cupy", or None for anything else."""
     if isinstance(a, np.ndarray):

@@ -44,7 +44,11 @@ def is_half(code):
     return code in HALF_CODES
 
 
-def bfloat16_bits(value):
-    """The bits of float `value` rounded to bfloat16 (nearest even), as a uint16 (finite values)."""
-    u = int(np.array(value, np.float32).view(np.uint32))
-    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+def bfloat16_bits(values, xp=np):
+    """The bits of float32 `values` rounded to bfloat16 (nearest even), as uint16: a float, or an
+    array of the module xp (numpy or cupy). A NaN stays a quiet NaN with its sign, as in
+    float_to_bf16 (csrc/fastopt/math/common.h)."""
+    u = xp.asarray(values, dtype=xp.float32).view(xp.uint32)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    nan = (u >> 16) | 0x0040
+    return xp.where((u & 0x7FFFFFFF) > 0x7F800000, nan, rounded).astype(xp.uint16)

@@ -22,14 +22,6 @@ def _stat_code(code):
     return CODE_FLOAT64 if code == CODE_FLOAT64 else CODE_FLOAT32
 
 
-def _xp(kind):
-    if kind == "numpy":
-        return np
-    import cupy
-
-    return cupy
-
-
 class _Layout:
     """x seen as (outer, channels, inner), C-contiguous."""
 
@@ -171,7 +163,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
                             [("x", x), ("weight", weight), ("bias", bias)])
     kernels = _kernels(layout, backend)
 
-    xp = _xp(layout.kind)
+    xp = _backend.array_module(layout.kind)
     stat_dtype = np.float64 if layout.stat_code == CODE_FLOAT64 else np.float32
     y = xp.empty_like(x) if out is None else out
     if save_mean is None:
@@ -217,7 +209,7 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
                              ("save_invstd", save_invstd)])
     kernels = _kernels(layout, backend)
 
-    xp = _xp(layout.kind)
+    xp = _backend.array_module(layout.kind)
     stat_dtype = np.float64 if layout.stat_code == CODE_FLOAT64 else np.float32
     dx = xp.empty_like(x) if out is None else out
     if weight is not None:
