@@ -5,6 +5,7 @@
 
 #include <new>
 
+#include "bind_arrays.h"
 #include "cpu/batchnorm.h"
 #include "cpu/dispatch.h"
 
@@ -18,13 +19,8 @@ bool batch_norm_backward(const BnBackwardCall& call) { FASTOPT_PICK(batch_norm_b
 namespace {
 
 using namespace fastopt::cpu;
-
-const void* data_or_null(const py::object& a) {
-    return a.is_none() ? nullptr : a.cast<py::array>().data();
-}
-void* mutable_data_or_null(const py::object& a) {
-    return a.is_none() ? nullptr : a.cast<py::array>().mutable_data();
-}
+using fastopt::bind::data_or_null;
+using fastopt::bind::mutable_data_or_null;
 
 void py_batch_norm_forward(int dtype, py::array x, py::array y, int64_t outer, int64_t channels, int64_t inner,
                            py::object weight, py::object bias, py::object running_mean, py::object running_var,

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "bind_arrays.h"
 #include "cpu/dispatch.h"
 #include "fastopt/math/all.h"
 
@@ -36,7 +37,7 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
     call.state_dtype = DType(state_dtype);
     call.param = data_of(param);
     call.grad = grad.data();
-    call.master = master.is_none() ? nullptr : static_cast<float*>(master.cast<py::array>().mutable_data());
+    call.master = static_cast<float*>(fastopt::bind::mutable_data_or_null(master));
     if (states.size() > 3) throw std::invalid_argument("at most 3 state arrays");
     for (size_t i = 0; i < states.size(); ++i) {
         py::array s = states[i].cast<py::array>();
