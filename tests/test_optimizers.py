@@ -115,6 +115,24 @@ def test_backends_agree_bitwise(case, dtype):
     np.testing.assert_array_equal(results[0].view(np.uint8), results[1].view(np.uint8))
 
 
+@pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the compiled and the Numba backend")
+@pytest.mark.parametrize("n", [7, 40009], ids=["serial", "parallel"])
+def test_backends_agree_on_a_zero_divisor(n):
+    """An eps that underflows to zero in float32 makes 0 / 0 where gradient and accumulator are
+    zero: NaN under IEEE rules in C++, and in Numba's loops, serial and parallel alike (Python's
+    error model would raise ZeroDivisionError in the serial one)."""
+    results = []
+    for backend in ("cpu", "numba"):
+        param, accumulator = np.ones(n, np.float32), np.zeros(n, np.float32)
+        grad = np.zeros(n, np.float32)
+        grad[::2] = 0.5
+        fastopt.functional.adagrad(param, grad, accumulator, step=1, lr=0.1, lr_decay=0.0, weight_decay=0.0,
+                                   eps=1e-50, backend=backend)
+        results.append(param)
+    assert np.isnan(results[0][1]) and not np.isnan(results[0][0])
+    np.testing.assert_array_equal(results[0].view(np.uint8), results[1].view(np.uint8))
+
+
 def cpu_module():
     return fastopt._backend.BACKENDS["cpu"].module
 
