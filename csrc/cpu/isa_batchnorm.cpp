@@ -451,8 +451,8 @@ bool forward_typed(const BnForwardCall& call) {
     if (call.training && groups.count > 0) {
         // Lane sums only for sweeps of several channels (group_sums), so that this scratch stays small.
         Buffer<double> shift(channels), sum1(channels), sum2(channels);
-        const bool sweep = sweeps && groups.count < channels;
-        Buffer<double> lanes(sweep ? channels * 2 * kLanes : 1);
+        const bool keeps_lanes = sweeps && groups.count < channels;
+        Buffer<double> lanes(keeps_lanes ? channels * 2 * kLanes : 1);
         if (!shift.data || !sum1.data || !sum2.data || !lanes.data) return false;
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
@@ -460,7 +460,7 @@ bool forward_typed(const BnForwardCall& call) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
-            double* group_lanes = sweep ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            double* group_lanes = keeps_lanes ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
             for (int64_t c = c0; c < c1; ++c) {
                 finalize(c, shift[c], sum1[c], sum2[c]);
@@ -561,15 +561,15 @@ bool backward_typed(const BnBackwardCall& call) {
     const ChannelGroups groups = fused_groups(outer, channels, inner, 2 * int64_t(sizeof(X)), sweeps, nthreads);
     const bool stream = use_streaming_stores<X>(count * channels);
     if (needs_sums && groups.count > 0) {
-        const bool sweep = sweeps && groups.count < channels;  // as in the forward
-        Buffer<double> lanes(sweep ? channels * 2 * kLanes : 1);
+        const bool keeps_lanes = sweeps && groups.count < channels;  // as in the forward
+        Buffer<double> lanes(keeps_lanes ? channels * 2 * kLanes : 1);
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
         GradSums<X> add{dy, x, mw};
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
         for (int64_t g = 0; g < groups.count; ++g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
-            double* group_lanes = sweep ? lanes.data + c0 * 2 * kLanes : lanes.data;
+            double* group_lanes = keeps_lanes ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
                        sum_dy_xmu.data);
             for (int64_t c = c0; c < c1; ++c) finalize(c, sum_dy[c], sum_dy_xmu[c]);

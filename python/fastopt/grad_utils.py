@@ -38,11 +38,10 @@ def _scale_in_place(grad, code, factor):
         return
     xp = _backend.array_module(_backend.array_kind(grad))
     f32 = xp.float32
+    if grad.dtype == xp.uint16 and code == _dtypes.CODE_FLOAT16:
+        grad = grad.view(xp.float16)
     if grad.dtype != xp.uint16:  # float16, or ml_dtypes' bfloat16: their casts round to nearest even
         grad[...] = (grad.astype(f32) * f32(factor)).astype(grad.dtype)
-    elif code == _dtypes.CODE_FLOAT16:
-        half = grad.view(xp.float16)
-        half[...] = (half.astype(f32) * f32(factor)).astype(xp.float16)
     else:  # bfloat16 bits
         widened = (grad.astype(xp.uint32) << 16).view(f32)
         grad[...] = _dtypes.bfloat16_bits(widened * f32(factor), xp)

@@ -354,6 +354,7 @@ class Run:
             return
         data = impls.BatchNormData(bn.shape, bn.axis)
         n = data.x.size
+        passes_of = {d: batchnorm_passes(bn.shape, bn.axis, d, threads) for d in ("forward", "backward")}
         makers = [(f"fastopt[{b}]", lambda b=b: impls.FastoptBatchNorm(data, b)) for b in cfg.backends
                   if b != "cuda"]
         makers += [("numpy", lambda: impls.NumpyBatchNormImpl(data)), ("torch", lambda: impls.TorchBatchNorm(data))]
@@ -381,8 +382,7 @@ class Run:
                     self.add(**base, workload=f"BN {direction} {bn.name}", impl=label,
                              skipped=f"CHECK FAILED, not timed: {exc}")
                 continue
-            for direction in ("forward", "backward"):
-                passes = batchnorm_passes(bn.shape, bn.axis, direction, threads)
+            for direction, passes in passes_of.items():
                 fn = impl.forward if direction == "forward" else impl.backward
                 if direction == "forward" and label == "torch":
                     fn = impl.forward_only
