@@ -2,16 +2,17 @@
 csrc/cpu/isa_batchnorm.cpp and csrc/fastopt/math/batchnorm.h, so results match the C++ backend
 bit for bit. Entry points have the signatures of the extension's (csrc/bind_batchnorm.cpp).
 
-As for the optimizer loops (optim.py), each kernel is compiled per dtype code, layout (axis 1 or
-channels-last) and parallel or serial, given to Numba as constants, so that no branch on them is
-left inside the loops and LLVM vectorises them. One call runs a whole forward or backward: the
-per-channel work in between is a few microseconds of Python, and more than the work on small
-inputs."""
+As for the optimizer loops (optim.py), a kernel is compiled for each dtype code, layout (axis 1
+or channels-last) and direction, parallel or serial, these given to Numba as constants: no
+branch on them is left inside the loops, and LLVM vectorises them. One call runs a whole
+forward or backward (Python between its passes cost more than the work on small inputs).
+"""
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from llvmlite import ir
 
 from .._dtypes import UINT16, is_half
 from .math import store, widen
@@ -22,9 +23,19 @@ BN_BLOCK = 16384
 ROW_BLOCK_ELEMS = 262144
 CHANNEL_BLOCK = 4096
 LANES = 32  # csrc/cpu/isa_batchnorm.cpp kLanes
+LINE_BYTES = 64
+SHORT_ROW_BYTES = 4096  # kBnShortRowBytes
+PREFETCH_BYTES = 5120  # kBnPrefetchBytes
+# Axis-1 layouts: channel groups fused where their slices fit in cache (see _plan).
+FUSED_GROUP_BYTES = 4 << 20  # kBnFusedGroupBytes
+CHANNELWISE_GROUP_BYTES = 1 << 20  # kBnChannelwiseGroupBytes: read back from L2
+CONTIGUOUS_RUN_BYTES = 64 << 10  # kBnContiguousRunBytes
+SWEEP_MIN_INNER = 1024  # kBnGroupMinInner
+CHUNK_BYTES = 4 << 20  # of all inputs of a chunk of channels in two passes: read back from L3
 
 
 def _storage(a, code):
+    """Half arrays are handed to the kernels as their uint16 bits."""
     return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
 
 
@@ -64,14 +75,27 @@ def _stack_float64(typingctx, count):
     return types.CPointer(types.float64)(count), codegen
 
 
-@njit(inline="always")
-def _zeroed_lanes():
-    """LANES zeroed sums on the stack: LLVM knows that no input aliases them and keeps them in
-    registers (in a heap array they were loaded and stored for every LANES values)."""
-    lane = numba.carray(_stack_float64(LANES), LANES)
-    for j in range(LANES):
-        lane[j] = 0.0
-    return lane
+@intrinsic
+def _prefetch(typingctx, a, index):
+    """Asks for the cache line holding a[index] (llvm.prefetch: read, keep in all levels)."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        signature = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0")
+        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(a, index), codegen
+
+
+@njit(inline="always")  # so that the stack space is the caller's
+def _stack_lanes():
+    """LANES sums on the stack: LLVM knows that no input aliases them and keeps them in registers
+    (in a heap array they were loaded and stored for every LANES values)."""
+    return numba.carray(_stack_float64(LANES), LANES)
 
 
 @njit(inline="always")
@@ -87,7 +111,7 @@ def _lane_total(lane):
 # The hot loops index the flat arrays with np.uint64: NumPy's wraparound test of a signed index
 # (negative counts from the end) turned loads into gathers or kept LLVM from vectorising at all.
 
-@njit  # inlined by LLVM; inlined by Numba (inline="always"), the backward sums stayed scalar
+@njit  # inlined by LLVM; inlined by Numba (inline="always"), it kept the backward sums scalar
 def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy):
     """Element k into the sums. Forward: shifted sums of x; backward: sum(dy) and
     sum(dy * (x - mean)). Returns the sums."""
@@ -98,75 +122,103 @@ def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy):
     return sum1 + v, sum2 + v * v
 
 
+# Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
+# into blocks of BN_BLOCK, and blocks into segments (the part of one row of `inner` values that
+# lies in the block). A segment's element j goes to lane j % LANES (the tail, after the last full
+# LANES, to lane j - full). A block's two sums are its lanes' totals; a channel's sums are its
+# block sums added in block order.
+
 @njit(inline="always")
+def _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy):
+    full = length // LANES * LANES
+    for k in range(base, base + full, LANES):
+        for j in range(LANES):
+            lane1[j], lane2[j] = _accumulate(x, dy, k + j, center, lane1[j], lane2[j], code, with_dy)
+    for j in range(length - full):
+        lane1[j], lane2[j] = _accumulate(x, dy, base + full + j, center, lane1[j], lane2[j], code, with_dy)
+
+
+@njit
 def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy):
-    """The sums of block b of channel c (axis-1 layouts): a segment's element j goes to lane
-    j % LANES, the tail after the last full LANES to lane j - full; lanes add in a fixed tree."""
-    lane1 = _zeroed_lanes()
-    lane2 = _zeroed_lanes()
+    """The two sums of block b of channel c."""
+    lane1 = _stack_lanes()
+    lane2 = _stack_lanes()
+    for j in range(LANES):
+        lane1[j] = lane2[j] = 0.0
     m = b * BN_BLOCK
     end = min(count, m + BN_BLOCK)
+    # A channel's rows are `channels * inner` values apart: rows too short for the hardware
+    # prefetchers to follow are fetched about PREFETCH_BYTES (of all inputs) ahead.
+    row_bytes = inner * x.itemsize * (2 if with_dy else 1)
+    short_rows = row_bytes < SHORT_ROW_BYTES
+    rows_ahead = max(1, PREFETCH_BYTES // row_bytes)
+    outer = (count + inner - 1) // inner
     while m < end:
         o = m // inner
         i = m - o * inner
         length = min(end - m, inner - i)
         base = (o * channels + c) * inner + i
-        full = length // LANES * LANES
-        for k in range(base, base + full, LANES):
-            for j in range(LANES):
-                lane1[j], lane2[j] = _accumulate(x, dy, k + j, center, lane1[j], lane2[j], code, with_dy)
-        for j in range(length - full):
-            k = base + full + j
-            lane1[j], lane2[j] = _accumulate(x, dy, k, center, lane1[j], lane2[j], code, with_dy)
+        if short_rows and o + rows_ahead < outer:
+            ahead = base + rows_ahead * channels * inner
+            for k in range(ahead, ahead + length, LINE_BYTES // x.itemsize):
+                _prefetch(x, k)
+                if with_dy:
+                    _prefetch(dy, k)
+            _prefetch(x, ahead + length - 1)
+            if with_dy:
+                _prefetch(dy, ahead + length - 1)
+        _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy)
         m += length
     return _lane_total(lane1), _lane_total(lane2)
 
 
 def _make_sums(code, channels_last, with_dy):
-    """total1, total2 = the two sums of every channel (see _accumulate)."""
+    """sums(x, dy, center, outer, channels, inner, c0, c1, total1, total2): the two sums (see
+    _accumulate) of channels [c0, c1), into total1[c] and total2[c]."""
 
-    def strided_sums(x, dy, center, outer, channels, inner, total1, total2):
+    def strided_sums(x, dy, center, outer, channels, inner, c0, c1, total1, total2):
         count = outer * inner
         num_blocks = (count + BN_BLOCK - 1) // BN_BLOCK
-        part1 = np.empty(channels * num_blocks, np.float64)
-        part2 = np.empty(channels * num_blocks, np.float64)
-        for t in prange(channels * num_blocks):
+        width = c1 - c0
+        part1 = np.empty(width * num_blocks, np.float64)
+        part2 = np.empty(width * num_blocks, np.float64)
+        for t in prange(width * num_blocks):
             # Block-major: consecutive tasks read neighbouring rows, long streams for the prefetchers.
-            b = t // channels
-            c = t - b * channels
-            part1[c * num_blocks + b], part2[c * num_blocks + b] = _block_sums(
+            b = t // width
+            c = c0 + t - b * width
+            part1[(c - c0) * num_blocks + b], part2[(c - c0) * num_blocks + b] = _block_sums(
                 x, dy, center[c], channels, inner, count, c, b, code, with_dy)
-        for c in range(channels):
+        for c in range(c0, c1):
             s1 = 0.0
             s2 = 0.0
             for b in range(num_blocks):
-                s1 += part1[c * num_blocks + b]
-                s2 += part2[c * num_blocks + b]
+                s1 += part1[(c - c0) * num_blocks + b]
+                s2 += part2[(c - c0) * num_blocks + b]
             total1[c] = s1
             total2[c] = s2
 
-    def row_sums(x, dy, center, rows, channels, inner, total1, total2):
-        # Blocks of rows (and of channels) keep one sum per channel, added row by row; block sums
-        # are added in row-block order.
+    def row_sums(x, dy, center, rows, channels, inner, c0, c1, total1, total2):
+        # Channels-last layouts (inner == 1). Blocks of rows (and of channels) keep one sum per
+        # channel, added row by row; block sums are added in row-block order.
         rows_per_block = max(1, ROW_BLOCK_ELEMS // channels)
         row_blocks = (rows + rows_per_block - 1) // rows_per_block
-        channel_blocks = (channels + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+        channel_blocks = (c1 - c0 + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
         part1 = np.empty(row_blocks * channels, np.float64)
         part2 = np.empty(row_blocks * channels, np.float64)
         for t in prange(row_blocks * channel_blocks):
             rb = t // channel_blocks
-            c0 = (t - rb * channel_blocks) * CHANNEL_BLOCK
-            c1 = min(channels, c0 + CHANNEL_BLOCK)
+            b0 = c0 + (t - rb * channel_blocks) * CHANNEL_BLOCK
+            b1 = min(c1, b0 + CHANNEL_BLOCK)
             r0 = rb * rows_per_block
             r1 = min(rows, r0 + rows_per_block)
-            for c in range(c0, c1):
+            for c in range(b0, b1):
                 q = np.uint64(rb * channels + c)
                 part1[q], part2[q] = 0.0, 0.0
             # Four rows per visit of the sums: the same additions in the same order, with a
             # quarter of their loads and stores.
             for r in range(r0, r1 - 3, 4):
                 k = r * channels
-                for c in range(c0, c1):
+                for c in range(b0, b1):
                     q = np.uint64(rb * channels + c)
                     cen = center[np.uint64(c)]
                     a, b = _accumulate(x, dy, k + c, cen, part1[q], part2[q], code, with_dy)
@@ -174,107 +226,200 @@ def _make_sums(code, channels_last, with_dy):
                     a, b = _accumulate(x, dy, k + 2 * channels + c, cen, a, b, code, with_dy)
                     part1[q], part2[q] = _accumulate(x, dy, k + 3 * channels + c, cen, a, b, code, with_dy)
             for r in range(r1 - (r1 - r0) % 4, r1):
-                for c in range(c0, c1):
+                for c in range(b0, b1):
                     q = np.uint64(rb * channels + c)
                     part1[q], part2[q] = _accumulate(x, dy, r * channels + c, center[np.uint64(c)], part1[q],
                                                      part2[q], code, with_dy)
-        for c in range(channels):
+        for c in range(c0, c1):
             total1[c] = 0.0
             total2[c] = 0.0
         for rb in range(row_blocks):
-            for c in range(channels):
+            for c in range(c0, c1):
                 total1[c] += part1[rb * channels + c]
                 total2[c] += part2[rb * channels + c]
 
     return row_sums if channels_last else strided_sums
 
 
+@njit
+def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy):
+    """One channel's sums on the calling thread: its block sums added in block order."""
+    s1 = 0.0
+    s2 = 0.0
+    for b in range((count + BN_BLOCK - 1) // BN_BLOCK):
+        p1, p2 = _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy)
+        s1 += p1
+        s2 += p2
+    return s1, s2
+
+
+@njit
+def _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var, save_mean,
+                       save_invstd):
+    """Channel c's statistics and running statistics from its shifted sums."""
+    mean_rel = sum1[c] / count
+    var = (sum2[c] - sum1[c] * mean_rel) / count
+    if var < 0.0:  # rounding; a NaN stays NaN
+        var = 0.0
+    batch_mean = shift[c] + mean_rel
+    save_mean[c] = batch_mean
+    save_invstd[c] = _bn_invstd(var, eps)
+    if running_mean.size != 0:
+        running_mean[c] = _bn_running_update(np.float64(running_mean[c]), batch_mean, momentum)
+        unbiased = var * (np.float64(count) / np.float64(count - 1))
+        running_var[c] = _bn_running_update(np.float64(running_var[c]), unbiased, momentum)
+
+
+@njit
+def _normalize_constants(c, weight, bias, save_invstd, scale, shift_out):
+    """y = (x - mean) * scale + shift_out, in the compute type."""
+    scale[c] = weight[c] * save_invstd[c] if weight.size != 0 else save_invstd[c]
+    shift_out[c] = bias[c] if bias.size != 0 else 0.0
+
+
+@njit
+def _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef, offset, dweight,
+                dbias):
+    """bn_grad_coefs: dx's coefficients in float64, rounded to the compute type; dweight, dbias."""
+    invstd = np.float64(save_invstd[c])
+    a = (np.float64(weight[c]) if weight.size != 0 else 1.0) * invstd
+    dy_coef[c] = a
+    x_coef[c] = a * invstd * invstd * sum_dy_xmu[c] / count if training else 0.0
+    offset[c] = a * sum_dy[c] / count if training else 0.0
+    if dweight.size != 0:
+        dweight[c] = sum_dy_xmu[c] * invstd
+        dbias[c] = sum_dy[c]
+
+
+# Element loops over one run of a channel's values (axis-1 layouts).
+
+@njit
+def _normalize_run(x, y, start, stop, mean, scale, bias, code):
+    for j in range(start, stop):
+        k = np.uint64(j)
+        store(y, k, _bn_normalize(widen(x[k], code), mean, scale, bias), code)
+
+
+@njit
+def _input_grad_run(dy, x, dx, start, stop, mean, dy_coef, x_coef, offset, code):
+    for j in range(start, stop):
+        k = np.uint64(j)
+        store(dx, k, _bn_input_grad(widen(dy[k], code), widen(x[k], code), mean, dy_coef, x_coef, offset), code)
+
+
+# Axis-1 layouts make their two passes (sums, then the write) a chunk of channels at a time, so
+# that the write reads the chunk back from cache; or, fused (groups > 0), each thread reduces and
+# writes whole groups of channels in turn, the second read from its own L2 (see _plan).
+
+@njit
+def _write_task(t, c0, c1, outer, groups):
+    """Channels [g0, g1) and rows [o0, o1) of write task t over channels [c0, c1): fused, group t
+    and all its rows (reduced first); in two passes, one row of one channel."""
+    if groups > 0:
+        return c0 + t * (c1 - c0) // groups, c0 + (t + 1) * (c1 - c0) // groups, 0, outer
+    o = t // (c1 - c0)
+    c = c0 + t - o * (c1 - c0)
+    return c, c + 1, o, o + 1
+
+
 def _make_forward(code, channels_last, sums):
     def forward(x, y, outer, channels, inner, weight, bias, running_mean, running_var, save_mean, save_invstd,
-                momentum, eps, training):
-        """Absent weight, bias and running statistics come as empty arrays."""
+                momentum, eps, training, groups, chunk):
+        """Absent weight, bias and running statistics come as empty arrays. groups, chunk: see
+        _plan."""
         count = outer * inner
+        shift = np.empty(channels, np.float64)
+        sum1 = np.empty(channels, np.float64)
+        sum2 = np.empty(channels, np.float64)
+        scale = np.empty_like(save_invstd)
+        shift_out = np.empty_like(save_invstd)
         if training:
-            shift = np.empty(channels, np.float64)
             for c in range(channels):
                 shift[c] = np.float64(widen(x[c * inner], code))  # exact for every dtype
-            sum1 = np.empty(channels, np.float64)
-            sum2 = np.empty(channels, np.float64)
-            sums(x, x, shift, outer, channels, inner, sum1, sum2)
-            for c in range(channels):
-                mean_rel = sum1[c] / count
-                var = (sum2[c] - sum1[c] * mean_rel) / count
-                if var < 0.0:  # rounding; a NaN stays NaN
-                    var = 0.0
-                batch_mean = shift[c] + mean_rel
-                save_mean[c] = batch_mean
-                save_invstd[c] = _bn_invstd(var, eps)
-                if running_mean.size != 0:
-                    running_mean[c] = _bn_running_update(np.float64(running_mean[c]), batch_mean, momentum)
-                    unbiased = var * (np.float64(count) / np.float64(count - 1))
-                    running_var[c] = _bn_running_update(np.float64(running_var[c]), unbiased, momentum)
         else:
             for c in range(channels):
                 save_mean[c] = running_mean[c]
                 save_invstd[c] = _bn_invstd(np.float64(running_var[c]), eps)
-        scale = np.empty_like(save_invstd)  # the normalization's constants, in the compute type
-        shift_out = np.empty_like(save_invstd)
-        for c in range(channels):
-            scale[c] = weight[c] * save_invstd[c] if weight.size != 0 else save_invstd[c]
-            shift_out[c] = bias[c] if bias.size != 0 else 0.0
-        if channels_last:
-            for r in prange(outer):
-                for c in range(channels):
-                    k = np.uint64(r * channels + c)
-                    store(y, k, _bn_normalize(widen(x[k], code), save_mean[c], scale[c], shift_out[c]), code)
-        else:
-            for r in prange(outer * channels):
-                c = r % channels
-                m, s, b = save_mean[c], scale[c], shift_out[c]
-                for j in range(r * inner, (r + 1) * inner):
-                    k = np.uint64(j)
-                    store(y, k, _bn_normalize(widen(x[k], code), m, s, b), code)
+        fused = training and groups > 0
+        for c0 in range(0, channels, chunk):
+            c1 = min(channels, c0 + chunk)
+            if not fused:
+                if training:
+                    sums(x, x, shift, outer, channels, inner, c0, c1, sum1, sum2)
+                for c in range(c0, c1):
+                    if training:
+                        _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
+                                           save_mean, save_invstd)
+                    _normalize_constants(c, weight, bias, save_invstd, scale, shift_out)
+            if channels_last:
+                for r in prange(outer):
+                    for c in range(channels):
+                        k = np.uint64(r * channels + c)
+                        store(y, k, _bn_normalize(widen(x[k], code), save_mean[c], scale[c], shift_out[c]), code)
+            else:
+                tasks = groups if fused else outer * (c1 - c0)
+                for t in prange(tasks):
+                    g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
+                    if fused:
+                        for c in range(g0, g1):
+                            sum1[c], sum2[c] = _channel_sums(x, x, shift[c], channels, inner, count, c, code, False)
+                            _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
+                                               save_mean, save_invstd)
+                            _normalize_constants(c, weight, bias, save_invstd, scale, shift_out)
+                    for o in range(o0, o1):
+                        for c in range(g0, g1):
+                            k = (o * channels + c) * inner
+                            _normalize_run(x, y, k, k + inner, save_mean[c], scale[c], shift_out[c], code)
 
     return forward
 
 
 def _make_backward(code, channels_last, sums):
-    def backward(dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias, training):
-        """An absent weight (and then dweight, dbias) comes as an empty array."""
-        count = np.float64(outer * inner)
+    def backward(dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias, training, groups,
+                 chunk):
+        """An absent weight (and then dweight, dbias) comes as an empty array. groups, chunk: see
+        _plan."""
+        count = outer * inner
+        needs_sums = training or dweight.size != 0
+        mean_wide = np.empty(channels, np.float64)
+        for c in range(channels):
+            mean_wide[c] = save_mean[c]
         sum_dy = np.empty(channels, np.float64)  # read only where computed (training or dweight)
         sum_dy_xmu = np.empty(channels, np.float64)
-        dy_coef = np.empty_like(save_mean)  # dx's constants, in the compute type
+        dy_coef = np.empty_like(save_mean)  # dx's coefficients, in the compute type
         x_coef = np.empty_like(save_mean)
         offset = np.empty_like(save_mean)
-        if training or dweight.size != 0:
-            mean_wide = np.empty(channels, np.float64)
-            for c in range(channels):
-                mean_wide[c] = save_mean[c]
-            sums(x, dy, mean_wide, outer, channels, inner, sum_dy, sum_dy_xmu)
-        for c in range(channels):  # bn_grad_coefs, in float64, rounded to the compute type
-            invstd = np.float64(save_invstd[c])
-            a = (np.float64(weight[c]) if weight.size != 0 else 1.0) * invstd
-            dy_coef[c] = a
-            x_coef[c] = a * invstd * invstd * sum_dy_xmu[c] / count if training else 0.0
-            offset[c] = a * sum_dy[c] / count if training else 0.0
-            if dweight.size != 0:
-                dweight[c] = sum_dy_xmu[c] * invstd
-                dbias[c] = sum_dy[c]
-        if channels_last:
-            for r in prange(outer):
-                for c in range(channels):
-                    k = np.uint64(r * channels + c)
-                    value = _bn_input_grad(widen(dy[k], code), widen(x[k], code), save_mean[c], dy_coef[c], x_coef[c],
-                                           offset[c])
-                    store(dx, k, value, code)
-        else:
-            for r in prange(outer * channels):
-                c = r % channels
-                m, a, b, o = save_mean[c], dy_coef[c], x_coef[c], offset[c]
-                for j in range(r * inner, (r + 1) * inner):
-                    k = np.uint64(j)
-                    store(dx, k, _bn_input_grad(widen(dy[k], code), widen(x[k], code), m, a, b, o), code)
+        fused = needs_sums and groups > 0
+        for c0 in range(0, channels, chunk):
+            c1 = min(channels, c0 + chunk)
+            if not fused:
+                if needs_sums:
+                    sums(x, dy, mean_wide, outer, channels, inner, c0, c1, sum_dy, sum_dy_xmu)
+                for c in range(c0, c1):
+                    _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef, offset,
+                                dweight, dbias)
+            if channels_last:
+                for r in prange(outer):
+                    for c in range(channels):
+                        k = np.uint64(r * channels + c)
+                        value = _bn_input_grad(widen(dy[k], code), widen(x[k], code), save_mean[c], dy_coef[c],
+                                               x_coef[c], offset[c])
+                        store(dx, k, value, code)
+            else:
+                tasks = groups if fused else outer * (c1 - c0)
+                for t in prange(tasks):
+                    g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
+                    if fused:
+                        for c in range(g0, g1):
+                            sum_dy[c], sum_dy_xmu[c] = _channel_sums(x, dy, mean_wide[c], channels, inner, count, c,
+                                                                     code, True)
+                            _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef,
+                                        offset, dweight, dbias)
+                    for o in range(o0, o1):
+                        for c in range(g0, g1):
+                            k = (o * channels + c) * inner
+                            _input_grad_run(dy, x, dx, k, k + inner, save_mean[c], dy_coef[c], x_coef[c], offset[c],
+                                            code)
 
     return backward
 
@@ -303,18 +448,43 @@ def _or(a, empty):
     return empty if a is None else a
 
 
+def _plan(outer, channels, inner, itemsize, inputs, parallel, needs_sums):
+    """(groups, chunk) for a kernel over `inputs` arrays of `itemsize`-byte values. groups > 0:
+    the two passes fused in that many groups of channels, as csrc/cpu/batchnorm.h fused_groups
+    for groups summed channel by channel; otherwise two passes in chunks of `chunk` channels (all
+    of them for channels-last layouts and for passes without sums)."""
+    slice_bytes = outer * inner * itemsize * inputs
+    if inner == 1 or not needs_sums:
+        return 0, channels
+    nthreads = numba.get_num_threads() if parallel else 1
+    # Long rows of 4- and 8-byte values (which C++ sweeps group by group) do as well in chunks;
+    # fewer channels than twice the threads would leave threads idle in groups.
+    if (inner >= SWEEP_MIN_INNER and itemsize >= 4) or slice_bytes > FUSED_GROUP_BYTES or (
+            nthreads > 1 and channels < 2 * nthreads):
+        return 0, max(1, CHUNK_BYTES // slice_bytes)
+    fit = CHANNELWISE_GROUP_BYTES // slice_bytes
+    long_run = -(-CONTIGUOUS_RUN_BYTES // (inner * itemsize * inputs))
+    size = max(1, min(fit, long_run, -(-channels // nthreads)))
+    count = -(-channels // size)
+    return min(channels, -(-count // nthreads) * nthreads), channels  # a multiple of the threads
+
+
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
                        save_mean, save_invstd, momentum, eps, training):
-    kernel = _kernel(False, code, inner == 1, runs_parallel(x.size))
+    parallel = runs_parallel(x.size)
+    kernel = _kernel(False, code, inner == 1, parallel)
     empty = _EMPTY[save_mean.dtype]
+    groups, chunk = _plan(outer, channels, inner, x.itemsize, 1, parallel, training)
     kernel(_storage(x, code), _storage(y, code), outer, channels, inner, _or(weight, empty), _or(bias, empty),
            _or(running_mean, empty), _or(running_var, empty), save_mean, save_invstd, float(momentum), float(eps),
-           bool(training))
+           bool(training), groups, chunk)
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
                         training):
-    kernel = _kernel(True, code, inner == 1, runs_parallel(x.size))
+    parallel = runs_parallel(x.size)
+    kernel = _kernel(True, code, inner == 1, parallel)
     empty = _EMPTY[save_mean.dtype]
+    groups, chunk = _plan(outer, channels, inner, x.itemsize, 2, parallel, training or dweight is not None)
     kernel(_storage(dy, code), _storage(x, code), _storage(dx, code), outer, channels, inner, _or(weight, empty),
-           save_mean, save_invstd, _or(dweight, empty), _or(dbias, empty), bool(training))
+           save_mean, save_invstd, _or(dweight, empty), _or(dbias, empty), bool(training), groups, chunk)
