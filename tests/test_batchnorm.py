@@ -345,6 +345,57 @@ def test_cpu_and_numba_agree_bitwise(dtype, shape, axis, training):
         assert np.array_equal(a, b)
 
 
+# Each path of the Numba kernels (python/fastopt/numba/batchnorm.py), forced on small shapes:
+# serial and parallel loops and, for axis-1 layouts, the two passes in chunks of channels or
+# fused in channel groups. The shapes have segments with tails of fewer than 32 lanes, reduction
+# blocks that end inside a row ((5, 4, 4099)), several channels-last row blocks, channel blocks
+# and a tail of rows that is not a multiple of 4 ((70, 4100)), and a single channel.
+NUMBA_PATH_SHAPES = [((3, 5, 7, 3), 1), ((2, 1, 9), 1), ((5, 4, 4099), 1), ((7, 3), 1), ((70, 4100), -1),
+                     ((3, 5, 7, 13), -1)]
+# (groups, chunk) for `channels` channels: see _plan.
+NUMBA_PLANS = {"chunks of 1": lambda c: (0, 1), "chunks of 2": lambda c: (0, 2), "one chunk": lambda c: (0, c),
+               "groups of 1": lambda c: (c, c), "2 groups": lambda c: (min(2, c), c), "1 group": lambda c: (1, c)}
+
+
+@pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the cpu and numba backends")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,axis", NUMBA_PATH_SHAPES)
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_numba_kernel_paths_agree_with_cpu_bitwise(monkeypatch, dtype, shape, axis, parallel):
+    from fastopt.numba import batchnorm as numba_bn
+
+    x = _data(shape, dtype, 35, loc=3.0)
+    dy = _data(shape, dtype, 36)
+    c = _channels_of(shape, axis)
+    weight, bias = _params(c, dtype, 35)
+    st = _stat_dtype(dtype)
+
+    def run(backend, training, affine):
+        rm, rv = np.full(c, 0.5, st), np.full(c, 1.5, st)
+        w, b = (weight, bias) if affine else (None, None)
+        y, mean, invstd = fastopt.batch_norm_forward(x, w, b, rm, rv, training=training, axis=axis, backend=backend)
+        dx, dw, db = fastopt.batch_norm_backward(dy, x, w, mean, invstd, training=training, axis=axis,
+                                                 backend=backend)
+        return [a.view(np.uint8) for a in (y, mean, invstd, rm, rv, dx) + ((dw, db) if affine else ())]
+
+    monkeypatch.setattr(numba_bn, "runs_parallel", lambda size: parallel)
+    inner = int(np.prod(shape[2:])) if axis == 1 else 1
+    plans = NUMBA_PLANS if inner > 1 else {"channels-last": lambda c: (0, c)}  # (N, C) is channels-last
+    before = fastopt.get_num_threads()
+    try:
+        for training in (True, False):
+            for affine in (True, False):
+                expected = run("cpu", training, affine)
+                for name, plan in plans.items():
+                    monkeypatch.setattr(numba_bn, "_plan", lambda *args, plan=plan: plan(c))
+                    for threads in (1, 2):
+                        fastopt.set_num_threads(threads)
+                        for a, b in zip(expected, run("numba", training, affine)):
+                            assert np.array_equal(a, b), (name, threads, training, affine)
+    finally:
+        fastopt.set_num_threads(before)
+
+
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the compiled extension")
 @pytest.mark.parametrize("shape,axis", [((4, 6, 60, 70), 1), ((40000, 8), 1), ((2, 5, 7, 3), -1)] + STREAMED[::2])
 def test_every_isa_level_gives_the_same_bits(shape, axis):
