@@ -5,7 +5,7 @@ bit for bit. Entry points have the signatures of the extension's (csrc/bind_batc
 As for the optimizer loops (optim.py), a kernel is compiled for each dtype code, layout (axis 1
 or channels-last) and direction, parallel or serial, these given to Numba as constants: no
 branch on them is left inside the loops, and LLVM vectorises them. One call runs a whole
-forward or backward (Python between its passes cost more than the work on small inputs).
+forward or backward: Python between its passes would cost more than the work on small inputs.
 """
 import numba
 import numpy as np
@@ -83,8 +83,8 @@ def _prefetch(typingctx, a, index):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         address = builder.bitcast(builder.gep(data, [args[1]]), cgutils.voidptr_t)
         i32 = ir.IntType(32)
-        signature = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0")
+        prefetch_type = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type, "llvm.prefetch.p0")
         builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
