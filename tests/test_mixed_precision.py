@@ -343,6 +343,31 @@ def test_stochastic_rounding_picks_a_neighbour_and_is_reproducible(backend):
     assert np.all(ok)
 
 
+def _lowbias32(seed, i):
+    """common.h element_random in Python integers: the hash of index i (64-bit) and the seed."""
+    m = 0xFFFFFFFF
+    x = ((i & m) ^ seed) + (i >> 32) * 0x9E3779B9 & m
+    x ^= x >> 16
+    x = x * 0x7FEB352D & m
+    x ^= x >> 15
+    x = x * 0x846CA68B & m
+    return x ^ x >> 16
+
+
+def test_numba_element_random_wraps_as_uint32():
+    """The Numba hash runs in 32-bit arithmetic of its own: it must wrap exactly as C++'s uint32,
+    also for indices past 2**32 (whose high half enters the hash)."""
+    numba = pytest.importorskip("numba")
+    from fastopt.numba.math import element_random
+
+    hash_all = numba.njit(lambda seed, idx: [element_random(seed, i) for i in idx])
+    idx = np.array([0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 3 * 2**40 + 12345, 2**62 + 99],
+                   dtype=np.int64)
+    for seed in (0, 1, 0x9E3779B9, 0xFFFFFFFF):
+        got = hash_all(np.uint32(seed), idx)
+        assert [int(v) for v in got] == [_lowbias32(seed, int(i)) for i in idx]
+
+
 @pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the compiled and the Numba backend")
 def test_stochastic_rounding_agrees_across_backends():
     rng = np.random.default_rng(6)
