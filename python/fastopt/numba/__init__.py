@@ -7,15 +7,11 @@ signatures of the extension's (csrc/bindings.cpp).
 import numpy as np
 from numba import njit, prange
 
-from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64, UINT16, is_half
+from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
+from .math import storage as _storage
 from .optim import kernel_for, runs_parallel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
-
-
-def _storage(a, code):
-    """Half arrays are handed to the kernels as their uint16 bits."""
-    return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
 
 
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,

@@ -14,8 +14,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from llvmlite import ir
 
-from .._dtypes import UINT16, is_half
-from .math import store, widen
+from .math import storage as _storage, store, widen
 from .optim import runs_parallel
 
 # csrc/cpu/batchnorm.h: fixed block sizes, so that sums do not depend on the thread count.
@@ -32,11 +31,6 @@ CHANNELWISE_GROUP_BYTES = 1 << 20  # kBnChannelwiseGroupBytes: read back from L2
 CONTIGUOUS_RUN_BYTES = 64 << 10  # kBnContiguousRunBytes
 SWEEP_MIN_INNER = 1024  # kBnGroupMinInner
 CHUNK_BYTES = 4 << 20  # of all inputs of a chunk of channels in two passes: read back from L3
-
-
-def _storage(a, code):
-    """Half arrays are handed to the kernels as their uint16 bits."""
-    return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
 
 
 # ---- per-channel and per-element maths (csrc/fastopt/math/batchnorm.h) ---------------------------

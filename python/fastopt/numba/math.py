@@ -7,7 +7,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .._dtypes import CODE_BFLOAT16
+from .._dtypes import CODE_BFLOAT16, UINT16, is_half
 
 # ---- bit-exact half conversions (common.h) ----------------------------------------------------
 
@@ -106,6 +106,11 @@ def float_to_bf16_stochastic(f, random):
     if _and(u, _U(0x7FFFFFFF)) > _U(0x7F800000):
         return np.uint16(_or(_shr(u, _U(16)), _U(0x0040)))
     return np.uint16(_shr(_add(u, _and(random, _U(0xFFFF))), _U(16)))
+
+
+def storage(a, code):
+    """`a` flat, as the kernels take it: half arrays as their uint16 bits (widen and store)."""
+    return a.reshape(-1).view(UINT16) if is_half(code) else a.reshape(-1)
 
 
 def widen(x, code):
