@@ -15,7 +15,7 @@ namespace py = pybind11;
 void register_internal(py::module_& m) {
     // The (lo, hi) ranges that parallel_ranges itself hands out for n elements, sorted. The body
     // only records its range, so sizes far beyond 2**31 are checked without allocating them, and
-    // the split is the one the OpenMP runtime really executes (fewer threads granted included).
+    // the split is the one the worker threads really execute.
     m.def("thread_ranges", [](int64_t n, int threads) {
         std::vector<std::pair<int64_t, int64_t>> ranges;
         std::mutex lock;
@@ -32,4 +32,5 @@ void register_internal(py::module_& m) {
     m.def("threads_for", &fastopt::cpu::threads_for);
     m.attr("parallel_threshold") = fastopt::cpu::kParallelThreshold;
     m.attr("chunk_align") = fastopt::cpu::kChunkAlign;
+    m.attr("pieces_per_thread") = fastopt::cpu::kPiecesPerThread;
 }

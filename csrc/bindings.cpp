@@ -10,6 +10,7 @@
 
 #include "bind_arrays.h"
 #include "cpu/dispatch.h"
+#include "cpu/thread_pool.h"
 #include "fastopt/math/all.h"
 
 namespace py = pybind11;
@@ -73,6 +74,9 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("sum_of_squares", &py_sum_of_squares);
     m.def("num_threads", &num_threads);
     m.def("set_num_threads", &set_num_threads);
+    m.def("affinity_cpus", &affinity_cpus);
+    m.def("spin_microseconds", &spin_microseconds);
+    m.def("set_spin_microseconds", &set_spin_microseconds);
     m.def("isa", [] { return std::string(isa_name(active_isa())); });
     m.def("best_isa", [] { return std::string(isa_name(best_supported_isa())); });
     m.def("select_isa", [](const std::string& name) {

@@ -1,7 +1,7 @@
 // Picks the ISA level once, from the CPU's features (or FASTOPT_CPU_ISA through the bindings).
 #include "dispatch.h"
+#include "thread_pool.h"
 
-#include <omp.h>
 #include <stdexcept>
 #include <string>
 
@@ -27,7 +27,7 @@ Isa best_supported_isa() {
 
 namespace {
 Isa g_isa = best_supported_isa();
-int g_num_threads = omp_get_max_threads();
+int g_num_threads = affinity_cpus();  // the Python layer sets its own default at import
 }  // namespace
 
 Isa active_isa() { return g_isa; }

@@ -201,14 +201,13 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
     Buffer<double> part1(tasks), part2(tasks);
     if (!part1.data || !part2.data) return false;
     const int nthreads = threads_for(count * channels, num_threads);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t t = 0; t < tasks; ++t) {
+    parallel_tasks(tasks, nthreads, [&](int64_t t) {
         // Block-major: consecutive tasks read neighbouring rows (channel c + 1 follows channel c in
         // memory), which keeps the hardware prefetchers on long streams.
         const int64_t b = t / channels, c = t - b * channels;
         block_sums(channels, inner, count, c, b, add, part1.data[c * num_blocks + b],
                    part2.data[c * num_blocks + b]);
-    }
+    });
     for (int64_t c = 0; c < channels; ++c) {
         double s1 = 0, s2 = 0;
         for (int64_t b = 0; b < num_blocks; ++b) {
@@ -232,8 +231,7 @@ bool reduce_rows(int64_t rows, int64_t channels, int num_threads, double* total1
     Buffer<double> part1(row_blocks * channels), part2(row_blocks * channels);
     if (!part1.data || !part2.data) return false;
     const int nthreads = threads_for(rows * channels, num_threads);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t t = 0; t < row_blocks * channel_blocks; ++t) {
+    parallel_tasks(row_blocks * channel_blocks, nthreads, [&](int64_t t) {
         const int64_t rb = t / channel_blocks, cb = t - rb * channel_blocks;
         const int64_t c0 = cb * kBnChannelBlock, c1 = min_i64(channels, c0 + kBnChannelBlock);
         double* __restrict__ s1 = part1.data + rb * channels;
@@ -260,7 +258,7 @@ bool reduce_rows(int64_t rows, int64_t channels, int num_threads, double* total1
 #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) add(row + c, c, s1[c], s2[c]);
         }
-    }
+    });
     for (int64_t c = 0; c < channels; ++c) total1[c] = total2[c] = 0;
     for (int64_t rb = 0; rb < row_blocks; ++rb) {
         const double* __restrict__ s1 = part1.data + rb * channels;
@@ -457,8 +455,7 @@ bool forward_typed(const BnForwardCall& call) {
         for (int64_t c = 0; c < channels; ++c) shift[c] = load_as<double>(x[c * inner]);
         const double* __restrict__ sh = shift.data;
         ShiftedSums<X> add{x, sh};
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-        for (int64_t g = 0; g < groups.count; ++g) {
+        parallel_tasks(groups.count, nthreads, [&](int64_t g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
             double* group_lanes = keeps_lanes ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum1.data, sum2.data);
@@ -478,7 +475,7 @@ bool forward_typed(const BnForwardCall& call) {
                 writer.finish();
             }
             stream_fence();
-        }
+        });
         return true;
     }
 
@@ -566,8 +563,7 @@ bool backward_typed(const BnBackwardCall& call) {
         if (!lanes.data) return false;
         const double* __restrict__ mw = mean_wide.data;
         GradSums<X> add{dy, x, mw};
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-        for (int64_t g = 0; g < groups.count; ++g) {
+        parallel_tasks(groups.count, nthreads, [&](int64_t g) {
             const int64_t c0 = groups.begin(g), c1 = groups.begin(g + 1);
             double* group_lanes = keeps_lanes ? lanes.data + c0 * 2 * kLanes : lanes.data;
             group_sums(outer, channels, inner, c0, c1, add, group_lanes, sum_dy.data,
@@ -587,7 +583,7 @@ bool backward_typed(const BnBackwardCall& call) {
                 writer.finish();
             }
             stream_fence();
-        }
+        });
         return true;
     }
     if (needs_sums) {

@@ -47,11 +47,10 @@ double sum_of_squares_typed(const NormCall& call) {
     if (num_blocks <= 1) return block_sum_of_squares(x, call.n);
     std::vector<double> partial(num_blocks);
     int nthreads = threads_for(call.n, call.num_threads);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t b = 0; b < num_blocks; ++b) {
+    parallel_tasks(num_blocks, nthreads, [&](int64_t b) {
         int64_t start = b * kNormBlock;
         partial[b] = block_sum_of_squares(x + start, std::min(kNormBlock, call.n - start));
-    }
+    });
     double total = 0;
     for (double s : partial) total += s;
     return total;

@@ -2,6 +2,7 @@
 // bandwidth limit a kernel with that access pattern can reach, measured by the benchmark.
 // Compiled once per ISA level, like the optimizer drivers, and split over threads the same way.
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <utility>
@@ -23,7 +24,7 @@ double stream_typed(void* const* arrays, int64_t n, int requested_threads) {
     // The average of what was read: arrays filled with one value keep it, so repeated passes
     // never drift into denormals or infinities.
     const T scale = T(1) / T(RO + RW > 0 ? RO + RW : 1);
-    double partial[256] = {};
+    std::atomic<double> total{0.0};
     parallel_ranges(n, requested_threads, [&](int64_t lo, int64_t hi) {
         // Local copies: a store through a T* could otherwise alias the captured scale, which
         // forces a reload per element and keeps the loop scalar.
@@ -40,11 +41,10 @@ double stream_typed(void* const* arrays, int64_t n, int requested_threads) {
             acc += s;
         }
         // A read-only pass must produce something, or the loads are dead code.
-        partial[omp_get_thread_num() & 255] += double(acc);
+        for (double seen = total.load(); !total.compare_exchange_weak(seen, seen + double(acc));) {
+        }
     });
-    double total = 0;
-    for (double p : partial) total += p;
-    return total;
+    return total.load();
 }
 
 using StreamFn = double (*)(void* const*, int64_t, int);

@@ -1,4 +1,4 @@
-// The OpenMP driver of one optimizer rule, compiled once per (rule, ISA level).
+// The threaded driver of one optimizer rule, compiled once per (rule, ISA level).
 // FASTOPT_RULE names the rule struct of fastopt/math/all.h, FASTOPT_ISA_NS the ISA namespace.
 #include <utility>
 

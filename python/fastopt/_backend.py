@@ -1,6 +1,6 @@
 """The one registry of compute backends: which exist, which is used for a call, and why not.
 
-NumPy arrays go to "cpu" (the compiled C++/OpenMP extension), or to "numba" when the extension
+NumPy arrays go to "cpu" (the compiled C++ extension), or to "numba" when the extension
 cannot be imported; CuPy arrays go to "cuda". A `backend=` keyword, `use_backend()` and the
 FASTOPT_BACKEND environment variable (read when fastopt is imported) override the choice for
 NumPy arrays.
@@ -10,6 +10,8 @@ import contextvars
 import os
 
 import numpy as np
+
+from . import _threads
 
 
 class BackendUnavailableError(RuntimeError):
@@ -75,11 +77,13 @@ class _CpuBackend(_Backend):
             if forced not in CPU_ISA_LEVELS:
                 raise ValueError(f"FASTOPT_CPU_ISA must be one of {sorted(CPU_ISA_LEVELS)}, got {forced!r}")
             _cpu.select_isa(CPU_ISA_LEVELS[forced])
+        _cpu.set_num_threads(_thread_choice()[0])
         return _cpu
 
     def _details(self):
         m = self.module
-        return {"isa": m.isa(), "best_isa": m.best_isa(), "num_threads": m.num_threads()}
+        return {"isa": m.isa(), "best_isa": m.best_isa(), "num_threads": m.num_threads(),
+                "threads_from": _thread_choice()[1]}
 
 
 class _NumbaBackend(_Backend):
@@ -92,12 +96,14 @@ class _NumbaBackend(_Backend):
             raise BackendUnavailableError("Numba not installed (pip install fastopt[numba])") from None
         from . import numba as numba_kernels
 
+        numba.set_num_threads(min(_thread_choice()[0], numba.config.NUMBA_NUM_THREADS))
         return numba_kernels
 
     def _details(self):
         import numba
 
-        return {"version": numba.__version__, "num_threads": numba.get_num_threads()}
+        return {"version": numba.__version__, "num_threads": numba.get_num_threads(),
+                "threads_from": _thread_choice()[1]}
 
 
 class _CudaBackend(_Backend):
@@ -122,6 +128,16 @@ class _CudaBackend(_Backend):
         props = cupy.cuda.runtime.getDeviceProperties(dev.id)
         return {"device": props["name"].decode(), "compute_capability": dev.compute_capability,
                 "cupy": cupy.__version__}
+
+
+_threads_chosen = []  # [(num_threads, why)] once decided
+
+
+def _thread_choice():
+    """(threads, why) for the CPU backends: set_num_threads(), else the environment's default."""
+    if not _threads_chosen:
+        _threads_chosen.append(_threads.default_threads())
+    return _threads_chosen[0]
 
 
 BACKENDS = {b.name: b for b in (_CpuBackend(), _NumbaBackend(), _CudaBackend())}
@@ -211,10 +227,11 @@ def select(kind, backend=None):
 
 
 def set_num_threads(n):
-    """Threads used by the CPU backends (C++/OpenMP and Numba)."""
+    """Threads used by the CPU backends (C++ and Numba), the calling thread included."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"num_threads must be an integer >= 1, got {n!r}")
     n = int(n)
+    _threads_chosen[:] = [(n, "set_num_threads()")]
     cpu, nb = BACKENDS["cpu"], BACKENDS["numba"]
     if cpu.available:
         cpu.module.set_num_threads(n)
