@@ -188,7 +188,8 @@ class LRScheduler:
             raise ValueError(f"state_dict lacks {sorted(expected - given)} for {type(self).__name__}")
         if given - expected:
             raise ValueError(f"state_dict has unknown keys {sorted(given - expected)} for {type(self).__name__}")
-        integer("state_dict['last_epoch']", state_dict["last_epoch"], -1)
+        if "last_epoch" in expected:
+            integer("state_dict['last_epoch']", state_dict["last_epoch"], -1)
         for key in ("base_lrs", "_last_lr"):
             if key in state_dict and len(state_dict[key]) != len(self._groups):
                 raise ValueError(f"state_dict['{key}'] has {len(state_dict[key])} values; "

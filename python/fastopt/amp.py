@@ -7,8 +7,8 @@ and skips a gradient holding inf or NaN: parameters and state stay untouched), a
 ``growth_factor`` after ``growth_interval`` steps in a row without one.
 
 The scale is kept as a float32 value, as torch keeps it, so the two give the same sequence; it
-never becomes zero or infinite (a growth that would overflow float32, or a backoff below its
-smallest normal number, is not made).
+never becomes infinite (as in torch, a growth that would overflow float32 is not made) nor zero
+(unlike torch, a backoff stops at float32's smallest normal number, 2**-126).
 """
 import math
 import numbers
@@ -18,6 +18,12 @@ import numpy as np
 _MAX = float(np.finfo(np.float32).max)
 _TINY = float(np.finfo(np.float32).tiny)
 _KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
+def _float32(value):
+    """value rounded to float32, as torch stores its scale (inf past float32's range)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def _real(name, value):
@@ -34,7 +40,7 @@ def _scale_value(name, value):
     if not _TINY <= value <= _MAX:
         raise ValueError(f"Invalid {name}: {value} (expected a positive scale that float32 holds, "
                          f"between {_TINY:.3g} and {_MAX:.3g})")
-    return float(np.float32(value))
+    return _float32(value)
 
 
 def _growth_factor(value):
@@ -121,13 +127,11 @@ class GradScaler:
             if not self._found_inf:
                 raise RuntimeError("update() needs a scaler.step(...) since the last update()")
             if any(self._found_inf.values()):
-                backed_off = float(np.float32(self._scale * self._backoff_factor))
-                if backed_off >= _TINY:
-                    self._scale = backed_off
+                self._scale = max(_float32(self._scale * self._backoff_factor), _TINY)
                 self._growth_tracker = 0
             elif self._growth_tracker + 1 == self._growth_interval:
-                grown = float(np.float32(self._scale * self._growth_factor))
-                if grown <= _MAX:
+                grown = _float32(self._scale * self._growth_factor)
+                if grown != math.inf:  # as torch: a growth that overflows float32 is not made
                     self._scale = grown
                 self._growth_tracker = 0
             else:
