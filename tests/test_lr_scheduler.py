@@ -2,7 +2,9 @@
 (without torch), ReduceLROnPlateau's rules, errors, and fastopt's attribute optimizers."""
 import copy
 import math
+import pathlib
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -183,7 +185,7 @@ def test_learning_rates_follow_the_formula(name):
         scheduler.step()
 
 
-def test_warm_restarts_and_one_cycle_shapes():
+def test_restart_and_cycle_shapes():
     opt = StandIn(lrs=[1.0])
     sgdr = F.CosineAnnealingWarmRestarts(opt, T_0=2, T_mult=2)
     lrs = [row[0][0] for row in trajectory(sgdr, opt, 9)]
@@ -200,6 +202,12 @@ def test_warm_restarts_and_one_cycle_shapes():
     assert opt.param_groups[0]["betas"][1] == 0.999                  # beta2 untouched
     with pytest.raises(ValueError, match="total_steps"):
         one.step()
+    opt = StandIn(lrs=[1.0])
+    cyclic = F.CyclicLR(opt, 0.0, 1.0, step_size_up=2, mode="triangular2", base_momentum=0.8, max_momentum=0.9)
+    rows = trajectory(cyclic, opt, 9)
+    # Up over 2 steps, down over 2; the second cycle at half the height; momentum the other way.
+    assert [r[0][0] for r in rows] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.25, 0.5, 0.25, 0.0])
+    assert [r[2][0] for r in rows] == pytest.approx([0.9, 0.85, 0.8, 0.85, 0.9, 0.875, 0.85, 0.875, 0.9])
 
 
 # ---- state_dict ----
@@ -395,3 +403,12 @@ def test_attribute_optimizer_steps_like_torch_with_its_scheduler():
         ours.step()
     np.testing.assert_allclose(p, w.detach().numpy(), rtol=1e-12, atol=1e-14)
     assert opt.momentum == reference.param_groups[0]["momentum"]
+
+
+def test_docs_example_runs():
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "schedulers.md").read_text()
+    namespace = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", text, flags=re.S)[0], "schedulers.md", "exec"), namespace)
+    opt, sched = namespace["opt"], namespace["sched"]
+    assert sched.last_epoch == 100 and opt.state["step"] == 100
+    assert opt.lr == sched.get_last_lr()[0] < 1e-5 and opt.betas[0] == pytest.approx(0.95, abs=1e-3)
