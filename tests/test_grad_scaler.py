@@ -226,9 +226,13 @@ def test_misuse_raises():
     scaler.step(opt, np.ones(4))
     with pytest.raises(RuntimeError, match="already"):
         scaler.step(opt, np.ones(4))
+    with pytest.raises(RuntimeError, match="pickled"):
+        pickle.dumps(scaler)
     with pytest.raises(NotImplementedError, match="max_grad_norm"):
         scaler.unscale_(opt)
     with pytest.raises(ValueError, match="new_scale"):
         scaler.update(new_scale=-1.0)
     scaler.update(new_scale=3.0)
     assert scaler.get_scale() == 3.0
+    clone = copy.deepcopy(scaler)
+    assert clone.state_dict() == scaler.state_dict()

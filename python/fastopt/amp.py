@@ -166,6 +166,12 @@ class GradScaler:
     def _get_growth_tracker(self):
         return self._growth_tracker if self._enabled else 0
 
+    def __getstate__(self):
+        # The record of this iteration's steps names optimizers by id: meaningless elsewhere.
+        if self._found_inf:
+            raise RuntimeError("a GradScaler can be pickled or copied only between update() and the next step()")
+        return vars(self).copy()
+
     # ---- (de)serialisation: torch's keys, so either loads the other's ----
     def state_dict(self):
         if not self._enabled:

@@ -10,8 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
-from ._lr_base import (LRScheduler, callables, function_state, in_range, integer, per_group, positive,
-                       real)
+from ._lr_base import LRScheduler, callables, function_state, in_range, integer, positive, real
 from ._lr_compose import ChainedScheduler, ReduceLROnPlateau, SequentialLR
 from ._lr_cyclic import CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR
 from ._param_groups import param_groups
