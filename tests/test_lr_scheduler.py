@@ -383,6 +383,11 @@ def test_attribute_optimizers_are_driven():
     seq = F.SequentialLR(sgd, [F.ConstantLR(sgd, 0.5, 2), F.ExponentialLR(sgd, 0.5)], milestones=[3])
     lrs = [sgd.lr for _ in range(6) if seq.step() or True]
     assert lrs == [0.5, 1.0, 1.0, 0.5, 0.25, 0.125]
+    # What a scheduler writes passes the optimizer's own checks.
+    with pytest.raises(ValueError, match="lr"):
+        F.LambdaLR(fastopt.SGD(np.zeros(2), lr=0.1), lambda e: -1.0)
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        F.OneCycleLR(fastopt.Adagrad(np.zeros(2)), 0.1, 10)
 
 
 def test_attribute_optimizer_steps_like_torch_with_its_scheduler():
@@ -412,3 +417,18 @@ def test_docs_example_runs():
     opt, sched = namespace["opt"], namespace["sched"]
     assert sched.last_epoch == 100 and opt.state["step"] == 100
     assert opt.lr == sched.get_last_lr()[0] < 1e-5 and opt.betas[0] == pytest.approx(0.95, abs=1e-3)
+
+
+def test_pure_schedules_are_the_closed_forms():
+    """fastopt.schedules' functions give the lrs of the matching classes (cosine up to T_max)."""
+    from fastopt import schedules
+    opt = StandIn(lrs=[0.2])
+    step, cos = F.StepLR(opt, 4, 0.5), F.CosineAnnealingLR(StandIn(lrs=[0.2]), 10, eta_min=0.01)
+    for t in range(11):
+        assert step.get_last_lr()[0] == pytest.approx(schedules.step_decay(t, 0.2, 4, 0.5), rel=1e-12)
+        assert cos.get_last_lr()[0] == pytest.approx(schedules.cosine(t, 0.2, 10, 0.01), rel=1e-12)
+        step.step()
+        cos.step()
+    sgd = fastopt.SGD(np.zeros(2), lr=1.0)
+    old = schedules.Scheduler(sgd, lambda t: schedules.warmup(t, 0.4, 4))
+    assert [sgd.lr] + [old.step() for _ in range(5)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
