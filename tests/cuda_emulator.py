@@ -50,6 +50,18 @@ def _headers():
     return sorted(root.rglob("*.h"))
 
 
+def instrument_shared(text):
+    """The source with FO_EMU_SHARED(name) after each function-scope __shared__ declaration."""
+    def mark(m):
+        names = [re.match(r"\s*(\w+)", d).group(1) for d in m.group(2).split(",")]
+        return m.group(0) + "".join(f" FO_EMU_SHARED({n});" for n in names)
+
+    marked, count = re.subn(r"__shared__\s+(\w+)\s+([^;]+);", mark, text)
+    if count != len(re.findall(r"__shared__", text)):
+        raise EmulatorError("a __shared__ declaration of a form the emulator does not know")
+    return marked
+
+
 def _translation_unit(source_file, names):
     entries = "\n".join(f'    {{"{n}", &fo_emu::invoke<&{n}>}},' for n in names)
     return (f'#include "{source_file}"\n#include "registry.h"\n\nnamespace {{\n'
@@ -64,7 +76,7 @@ def build(sources, chunks=4):
     key = hashlib.sha256()
     for part in [CXX, *FLAGS, str(chunks)]:
         key.update(part.encode() + b"\0")
-    for path in [*sorted(HERE.glob("*")), *_headers()]:
+    for path in [pathlib.Path(__file__), *sorted(HERE.glob("*")), *_headers()]:
         key.update(path.name.encode() + b"\0" + path.read_bytes())
     for name in sorted(sources):
         text, names = sources[name]
@@ -78,7 +90,7 @@ def build(sources, chunks=4):
     try:
         units = [HERE / "runtime.cpp"]
         for name, (text, names) in sorted(sources.items()):
-            (work / name).write_text(text)
+            (work / name).write_text(instrument_shared(text))
             per = -(-len(names) // chunks)
             for i in range(0, len(names), per):
                 unit = work / f"{name}.{i // per}.cpp"

@@ -16,9 +16,11 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-// Per-block storage: static, in one named section that the emulator fills with garbage before
-// every block (shared memory starts undefined on a GPU; stale values could hide a missing write).
-#define __shared__ __attribute__((section("fo_emu_shared"))) static
+// Per-block storage: static (blocks run one after another). The build adds FO_EMU_SHARED(name)
+// after each __shared__ declaration: the first thread of a block to pass it fills the variable
+// with garbage, as shared memory starts undefined on a GPU (stale values could hide a bug).
+#define __shared__ static
+#define FO_EMU_SHARED(var) fo_emu::shared_declared(&(var), sizeof(var))
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
@@ -33,6 +35,7 @@ void block_barrier();
 void warp_barrier(unsigned mask);
 uint64_t* warp_exchange();  // the calling thread's warp's 32 exchange slots
 unsigned lane_id();
+void shared_declared(void* var, size_t bytes);
 
 template <class T>
 T shuffle(unsigned mask, T v, int lane_of(int, int), int arg, int width) {

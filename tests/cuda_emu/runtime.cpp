@@ -22,9 +22,6 @@
 uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 
-extern "C" char __start_fo_emu_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" char __stop_fo_emu_shared[] __attribute__((weak, visibility("hidden")));
-
 namespace fo_emu {
 namespace {
 
@@ -47,6 +44,8 @@ std::vector<uint64_t> exchange;  // 32 slots per warp
 int current = 0;
 std::string error;
 const std::function<void()>* body = nullptr;
+std::vector<void*> block_shared;  // __shared__ variables this block has declared
+size_t shared_bytes = 0;
 
 std::map<std::string, Invoker>& registry() {
     static std::map<std::string, Invoker> entries;
@@ -135,8 +134,7 @@ bool release_warps(unsigned n) {
 }
 
 void run_block(unsigned n) {
-    const size_t shared = size_t(__stop_fo_emu_shared - __start_fo_emu_shared);
-    if (shared) std::memset(__start_fo_emu_shared, 0xff, shared);  // NaN as double and float, -1 as int
+    block_shared.clear();
     for (unsigned i = 0; i < n; ++i) {
         fibers[i].state = kReady;
         fibers[i].tid = uint3{i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y)};
@@ -180,6 +178,14 @@ void warp_barrier(unsigned mask) {
     yield_to_scheduler();
 }
 
+void shared_declared(void* var, size_t bytes) {
+    for (void* seen : block_shared)
+        if (seen == var) return;
+    block_shared.push_back(var);
+    shared_bytes += bytes;
+    std::memset(var, 0xff, bytes);  // NaN as float and double, -1 as an integer
+}
+
 uint64_t* warp_exchange() { return &exchange[size_t(current / 32) * 32]; }
 unsigned lane_id() { return unsigned(current) % 32; }
 
@@ -194,8 +200,6 @@ void run_grid(const Launch& launch, const std::function<void()>& kernel) {
     if (!g[0] || !g[1] || !g[2] || !threads || threads > 1024 || b[2] > 64 || g[1] > 65535 || g[2] > 65535)
         throw std::runtime_error("invalid launch configuration (a GPU refuses it)");
     if (launch.shared_bytes != 0) throw std::runtime_error("dynamic shared memory is not emulated");
-    if (size_t(__stop_fo_emu_shared - __start_fo_emu_shared) > 48 * 1024)
-        throw std::runtime_error("static shared memory over 48 KiB");
     const unsigned n = unsigned(threads);
     if (fibers.size() < n) fibers.resize(n, Fiber{});
     reserve_stacks(n);
@@ -208,7 +212,9 @@ void run_grid(const Launch& launch, const std::function<void()>& kernel) {
         for (unsigned y = 0; y < g[1]; ++y)
             for (unsigned x = 0; x < g[0]; ++x) {
                 blockIdx = uint3{x, y, z};
+                shared_bytes = 0;
                 run_block(n);
+                if (error.empty() && shared_bytes > 48 * 1024) error = "static shared memory over 48 KiB";
                 if (!error.empty()) {
                     for (Fiber& f : fibers) f.started = false;  // abandoned mid-kernel: make them anew
                     throw std::runtime_error(error);
