@@ -6,8 +6,10 @@ points have the signatures of the compiled CPU extension's (csrc/bindings.cpp).
 
 What is verified without a GPU: every instantiation this module can request compiles with NVRTC
 for compute_75, compute_80 and compute_90 with the production options
-(tests/test_nvrtc_compile.py, in CI). What needs a GPU: running the kernels and comparing them with
-the CPU backend (tests/test_cuda.py, which runs wherever cupy.is_available()).
+(tests/test_nvrtc_compile.py), and runs, launched by the functions below, in an emulator of the
+CUDA execution model against the CPU backend (tests/test_cuda_emulated.py), both in CI. What needs
+a GPU: speed, and the kernels on the hardware (tests/test_cuda.py, wherever cupy.is_available();
+tools/gpu_check.sh).
 """
 import numpy as np
 
