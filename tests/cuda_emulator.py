@@ -141,6 +141,10 @@ def _arg(value):
     return value.dtype.kind, value.itemsize, int.from_bytes(value.tobytes().ljust(8, b"\0"), "little")
 
 
+def _host_bytes(address, size):
+    return np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
+
+
 class _Staged:
     """Host arrays copied into guarded buffers; overlapping arrays share one buffer."""
 
@@ -156,7 +160,7 @@ class _Staged:
             start, end = region[0], region[1]
             raw = np.full(end - start + 3 * GUARD, GUARD_BYTE, np.uint8)
             offset = GUARD + (start - raw.ctypes.data - GUARD) % 256  # same address mod 256
-            raw[offset:offset + end - start] = np.ctypeslib.as_array((ctypes.c_uint8 * (end - start)).from_address(start))
+            raw[offset:offset + end - start] = _host_bytes(start, end - start)
             region[2], region[3] = raw, offset
 
     def address(self, a):
@@ -173,7 +177,7 @@ class _Staged:
             if (before != GUARD_BYTE).any() or (after != GUARD_BYTE).any():
                 bad = np.flatnonzero(np.concatenate([before, after]) != GUARD_BYTE)
                 raise EmulatorError(f"{name} wrote outside a buffer of {size} bytes ({bad.size} guard bytes changed)")
-            np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(lo))[...] = raw[offset:offset + size]
+            _host_bytes(lo, size)[...] = raw[offset:offset + size]
 
 
 class EmulatedDevice:
@@ -181,9 +185,10 @@ class EmulatedDevice:
 
     def __init__(self, lib_path, multiprocessors=MULTIPROCESSORS, sources=None, launch_hook=None):
         self.lib = ctypes.CDLL(str(lib_path))
-        self.lib.fo_emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                                           ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p,
-                                           ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64)]
+        uints = ctypes.POINTER(ctypes.c_uint)
+        self.lib.fo_emu_launch.argtypes = [ctypes.c_char_p, uints, uints, ctypes.c_size_t, ctypes.c_int,
+                                           ctypes.c_char_p, ctypes.POINTER(ctypes.c_int),
+                                           ctypes.POINTER(ctypes.c_uint64)]
         self.lib.fo_emu_last_error.restype = ctypes.c_char_p
         self._multiprocessors = multiprocessors
         self.bounds = {}

@@ -196,7 +196,7 @@ def _norm_model(x, n):
 
 
 @pytest.mark.parametrize("n", SIZES + [300001])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16], ids=["f32", "f64", "f16", "bf16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, BF16], ids=["f32", "f64", "f16", "bf16"])
 def test_grad_norm_kernel_order(device, dtype, n):
     x = (np.random.default_rng(n).standard_normal(n) * 3).astype(dtype)
     got = fastopt.grad_norm(x, backend="cuda_emulated") ** 2

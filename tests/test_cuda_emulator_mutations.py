@@ -142,3 +142,41 @@ def test_a_shuffle_after_some_lanes_exited_is_reported():
     device = _device(cuda.SOURCE, NORM, early_exit, "if (lane >= 16) return;\n" + early_exit)
     with pytest.raises(emu.EmulatorError, match="which has exited"):
         device.launch(cuda.SOURCE, NORM, NORM[0], (1,), (256,), (np.ones(8, np.float32), np.int64(8), np.empty(1)))
+
+
+def test_launch_bounds_are_enforced():
+    """A GPU refuses a launch with more threads per block than the kernel's __launch_bounds__."""
+    device = _device(cuda_bn.SOURCE, BN_FLOAT, "__launch_bounds__(256)", "__launch_bounds__(128)")
+    with pytest.raises(emu.EmulatorError, match="over its __launch_bounds__"):
+        _batchnorm_agrees(device, (4, 3, 7), 1)
+
+
+PROBE = """
+__global__ void probe(int* out) {
+    const int t = threadIdx.x;
+    __shared__ int first[64];
+    first[t] = t * 10;
+    __syncthreads();
+    out[t] = __shfl_xor_sync(0xffffffffu, t, 1);
+    out[64 + t] = __shfl_up_sync(0xffffffffu, t, 2);
+    out[128 + t] = __shfl_sync(0xffffffffu, t, 5) + __shfl_down_sync(0xffffffffu, 0, 1, 16);
+    out[192 + t] = first[63 - t];
+    atomicAdd(out + 256, 1);
+    atomicMax(out + 257, int(blockIdx.x));
+}
+"""
+
+
+def test_the_shim_intrinsics_as_a_gpu_defines_them():
+    """Shuffles within each warp (xor, up with the edge lanes keeping their value, an index),
+    shared memory across warps after a barrier, atomics across blocks."""
+    sources = {"probe.cu": (PROBE, ["probe"])}
+    device = emu.EmulatedDevice(emu.build(sources, chunks=1), sources=sources)
+    out = np.zeros(258, np.int32)
+    device.launch("probe.cu", ["probe"], "probe", (3,), (64,), (out,))
+    t = np.arange(64)
+    np.testing.assert_array_equal(out[:64], t ^ 1)
+    np.testing.assert_array_equal(out[64:128], np.where(t % 32 >= 2, t - 2, t))
+    np.testing.assert_array_equal(out[128:192], t - t % 32 + 5)
+    np.testing.assert_array_equal(out[192:256], (63 - t) * 10)
+    assert out[256] == 3 * 64 and out[257] == 2

@@ -61,10 +61,18 @@ inline int lane_idx(int, int s) { return s; }
 
 inline void __syncthreads() { fo_emu::block_barrier(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { fo_emu::warp_barrier(mask); }
-template <class T> T __shfl_down_sync(unsigned m, T v, unsigned d, int w = 32) { return fo_emu::shuffle(m, v, fo_emu::lane_down, int(d), w); }
-template <class T> T __shfl_up_sync(unsigned m, T v, unsigned d, int w = 32) { return fo_emu::shuffle(m, v, fo_emu::lane_up, int(d), w); }
-template <class T> T __shfl_xor_sync(unsigned m, T v, int x, int w = 32) { return fo_emu::shuffle(m, v, fo_emu::lane_xor, x, w); }
-template <class T> T __shfl_sync(unsigned m, T v, int s, int w = 32) { return fo_emu::shuffle(m, v, fo_emu::lane_idx, s, w); }
+template <class T> T __shfl_down_sync(unsigned m, T v, unsigned d, int w = 32) {
+    return fo_emu::shuffle(m, v, fo_emu::lane_down, int(d), w);
+}
+template <class T> T __shfl_up_sync(unsigned m, T v, unsigned d, int w = 32) {
+    return fo_emu::shuffle(m, v, fo_emu::lane_up, int(d), w);
+}
+template <class T> T __shfl_xor_sync(unsigned m, T v, int x, int w = 32) {
+    return fo_emu::shuffle(m, v, fo_emu::lane_xor, x, w);
+}
+template <class T> T __shfl_sync(unsigned m, T v, int s, int w = 32) {
+    return fo_emu::shuffle(m, v, fo_emu::lane_idx, s, w);
+}
 
 // Fibers switch only at barriers, so a read-modify-write is atomic as written.
 template <class T> T atomicAdd(T* a, T v) { T old = *a; *a = old + v; return old; }

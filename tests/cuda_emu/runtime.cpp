@@ -120,8 +120,9 @@ bool release_warps(unsigned n) {
         for (unsigned l = 0; l < 32; ++l) {
             if (!(mask >> l & 1u)) continue;
             const unsigned i = w * 32 + l;
-            if (i >= n) return bad(describe(unsigned(first)) + ": shuffle mask names lane " + std::to_string(l) + ", not in the block");
-            if (fibers[i].state == kDone) return bad(describe(unsigned(first)) + ": shuffle waits for lane " + std::to_string(l) + ", which has exited");
+            const std::string who = describe(unsigned(first)) + ": a shuffle waits for lane " + std::to_string(l);
+            if (i >= n) return bad(who + ", which is not in the block");
+            if (fibers[i].state == kDone) return bad(who + ", which has exited");
             if (fibers[i].state != kAtWarpBarrier) all = false;
             else if (fibers[i].mask != mask) return bad(describe(i) + ": lanes of one warp shuffle with different masks");
         }
