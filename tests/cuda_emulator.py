@@ -24,7 +24,7 @@ from fastopt.cuda import _nvrtc
 
 HERE = pathlib.Path(__file__).resolve().parent / "cuda_emu"
 BUILD = pathlib.Path(os.environ.get("FASTOPT_EMU_BUILD", HERE.parent.parent / "build" / "cuda-emulator"))
-CXX = os.environ.get("CXX", "g++")
+CXX = os.environ.get("CXX") or ("g++" if shutil.which("g++") else "c++")
 # -ffp-contract=off is --fmad=false; sqrt and division are IEEE in both; -O1 keeps compiles short;
 # no _FORTIFY_SOURCE, whose longjmp check refuses jumps between fiber stacks.
 FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off", "-fno-math-errno",
