@@ -404,3 +404,19 @@ def test_a_backend_without_the_kernel_is_listed_not_fatal(monkeypatch):
     assert fast and all("cannot run this workload: AttributeError" in r["skipped"] for r in fast)
     assert any(r["impl"] == "numpy" and "seconds" in r for r in result["records"])
     assert "Not measured:" in bench_runner.markdown_table(result["records"])
+
+
+def test_gpu_references_and_passes_without_a_gpu():
+    """What the CUDA rows add that runs here: the CUDA kernels' passes (two reads of the inputs),
+    and torch's GPU references reporting why they cannot run (no CUDA device)."""
+    assert batchnorm_passes((8, 4, 5, 5), 1, "forward", 1, "cuda") == [(1, 0, 0), (1, 0, 1)]
+    assert batchnorm_passes((8, 4, 5, 5), 1, "backward", 1, "cuda") == [(2, 0, 0), (2, 0, 1)]
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch has a CUDA device here")
+    spec = workloads.OPTIMIZER_BY_NAME["Adam"]
+    with pytest.raises(impls.Skipped, match="no CUDA device"):
+        impls.TorchOptimizer(spec, impls.StepData([(16,)]), "fused", device="cuda")
+    with pytest.raises(impls.Skipped, match="no CUDA device"):
+        impls.TorchBatchNorm(impls.BatchNormData((4, 3, 2), 1), "cuda")
+    assert not Config(backends=["cuda"]).cuda_only  # cuda unavailable here: nothing left to run on it

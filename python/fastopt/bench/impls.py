@@ -49,6 +49,7 @@ REFERENCE_CLIP_TOLERANCES = {"float32": (5e-3, 1e-5), "float64": (1e-12, 1e-13)}
 BATCHNORM_TOLERANCES = {"float32": (1e-4, 1e-4), "float64": (1e-10, 1e-10)}
 CHECK_STEPS = 2
 CHECK_CHUNK = 1 << 20
+GPU_CHECK_ELEMENTS = 4 * CHECK_CHUNK  # per tensor, on the GPU
 
 
 class StepData:
@@ -193,11 +194,8 @@ class TorchOptimizer:
 
     sync = None
 
-    def __init__(self, spec, data, mode, max_grad_norm=None):
-        try:
-            import torch
-        except ImportError:
-            raise Skipped("torch is not installed") from None
+    def __init__(self, spec, data, mode, max_grad_norm=None, device="cpu"):
+        torch = _torch_on(device)
         cls = getattr(torch.optim, spec.name, None)
         if cls is None:
             raise Skipped(f"torch.optim has no {spec.name}")
@@ -205,8 +203,8 @@ class TorchOptimizer:
         self.torch = torch
         self.params = []
         for shape, p0, g in zip(data.shapes, data.pieces(data.p0), data.pieces(data.g)):
-            p = torch.nn.Parameter(torch.from_numpy(p0.copy()).reshape(shape))
-            p.grad = torch.from_numpy(g.copy() if max_grad_norm else g).reshape(shape)
+            p = torch.nn.Parameter(torch.from_numpy(p0.copy()).reshape(shape).to(device))
+            p.grad = torch.from_numpy(g.copy() if max_grad_norm else g).reshape(shape).to(device)
             self.params.append(p)
         self.max_grad_norm = max_grad_norm
         try:
@@ -217,8 +215,9 @@ class TorchOptimizer:
         self.opt = cls(self.params, **spec.kwargs, **{mode: True})
         for p, p0 in zip(self.params, data.pieces(data.p0)):  # undo the probing step
             with torch.no_grad():
-                p.copy_(torch.from_numpy(p0).reshape(p.shape))
+                p.copy_(torch.from_numpy(p0).reshape(p.shape).to(device))
         self.foreach = mode == "foreach"
+        self.sync = torch.cuda.synchronize if device == "cuda" else None
 
     def step(self):
         if self.max_grad_norm is not None:
@@ -226,15 +225,26 @@ class TorchOptimizer:
         self.opt.step()
 
     def arrays(self):
-        out = {"param": [p.detach().numpy().reshape(-1) for p in self.params]}
+        out = {"param": [p.detach().cpu().numpy().reshape(-1) for p in self.params]}
         for name in self.opt.state[self.params[0]]:
             value = self.opt.state[self.params[0]][name]
             if value.numel() == self.params[0].numel():
-                out[name] = [self.opt.state[p][name].numpy().reshape(-1) for p in self.params]
+                out[name] = [self.opt.state[p][name].cpu().numpy().reshape(-1) for p in self.params]
         return out
 
     def close(self):
         self.opt = self.params = None
+
+
+def _torch_on(device):
+    """torch, when it is installed and can run on `device` ("cpu" or "cuda")."""
+    try:
+        import torch
+    except ImportError:
+        raise Skipped("torch is not installed") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Skipped(f"torch {torch.__version__} has no CUDA device")
+    return torch
 
 
 # ---- the check -----------------------------------------------------------------------------------
@@ -312,10 +322,20 @@ class FastoptBatchNorm:
         if not hasattr(fastopt, "batch_norm_forward"):
             raise Skipped("fastopt.batch_norm_forward does not exist in this build")
         self.label = f"fastopt[{backend}]"
-        self.fo, self.d, self.backend = fastopt, data, backend
+        self.fo, self.backend = fastopt, backend
         self.sync = None
-        self.running_mean = np.zeros(data.weight.size, np.float32)
-        self.running_var = np.ones(data.weight.size, np.float32)
+        xp = np
+        if backend == "cuda":  # the data on the device, once
+            import cupy
+
+            xp, self.sync = cupy, cupy.cuda.runtime.deviceSynchronize
+            on_device = BatchNormData.__new__(BatchNormData)
+            on_device.__dict__.update({k: cupy.asarray(v) if isinstance(v, np.ndarray) else v
+                                       for k, v in data.__dict__.items()})
+            data = on_device
+        self.d = data
+        self.running_mean = xp.zeros(data.weight.size, np.float32)
+        self.running_var = xp.ones(data.weight.size, np.float32)
         # Outputs allocated once where the API takes them (as the NumPy baseline does): a training
         # loop then allocates nothing per step.
         self.forward_buffers, self.backward_buffers = {}, {}
@@ -323,13 +343,13 @@ class FastoptBatchNorm:
         backward_params = inspect.signature(fastopt.batch_norm_backward).parameters
         channels = data.weight.size
         if "out" in forward_params:
-            self.forward_buffers["out"] = np.empty_like(data.x)
+            self.forward_buffers["out"] = xp.empty_like(data.x)
         if "save" in forward_params:
-            self.forward_buffers["save"] = (np.empty(channels, np.float32), np.empty(channels, np.float32))
+            self.forward_buffers["save"] = (xp.empty(channels, np.float32), xp.empty(channels, np.float32))
         if "out" in backward_params:
-            self.backward_buffers["out"] = np.empty_like(data.x)
+            self.backward_buffers["out"] = xp.empty_like(data.x)
         if "param_grads" in backward_params:
-            self.backward_buffers["param_grads"] = (np.empty(channels, np.float32), np.empty(channels, np.float32))
+            self.backward_buffers["param_grads"] = (xp.empty(channels, np.float32), xp.empty(channels, np.float32))
 
     def forward(self):
         d = self.d
@@ -371,33 +391,31 @@ class TorchBatchNorm:
     label = "torch"
     sync = None
 
-    def __init__(self, data):
-        try:
-            import torch
-        except ImportError:
-            raise Skipped("torch is not installed") from None
+    def __init__(self, data, device="cpu"):
+        torch = _torch_on(device)
         self.torch, self.d = torch, data
+        self.sync = torch.cuda.synchronize if device == "cuda" else None  # cuDNN's kernels there
 
         def nchw(a):  # channels-last data as torch's channels_last NCHW tensor (no copy)
-            t = torch.from_numpy(a)
+            t = torch.from_numpy(a).to(device)
             return t.permute(0, t.dim() - 1, *range(1, t.dim() - 1)) if data.axis == -1 else t
 
         self.x, self.dy = nchw(data.x), nchw(data.dy)
-        self.weight, self.bias = torch.from_numpy(data.weight), torch.from_numpy(data.bias)
-        self.running_mean = torch.zeros(data.weight.size)
-        self.running_var = torch.ones(data.weight.size)
+        self.weight, self.bias = torch.from_numpy(data.weight).to(device), torch.from_numpy(data.bias).to(device)
+        self.running_mean = torch.zeros(data.weight.size, device=device)
+        self.running_var = torch.ones(data.weight.size, device=device)
 
     def _host(self, t):
         if self.d.axis == -1 and t.dim() > 2:
             t = t.permute(0, *range(2, t.dim()), 1)
-        return t.contiguous().numpy()
+        return t.contiguous().cpu().numpy()
 
     def forward(self):
         with self.torch.no_grad():
             y, mean, invstd = self.torch.ops.aten.native_batch_norm(
                 self.x, self.weight, self.bias, self.running_mean, self.running_var, True, 0.1, 1e-5)
         self.out = (y, mean, invstd)
-        return self._host(y), mean.numpy(), invstd.numpy()
+        return self._host(y), mean.cpu().numpy(), invstd.cpu().numpy()
 
     def forward_only(self):
         with self.torch.no_grad():
@@ -409,7 +427,7 @@ class TorchBatchNorm:
         dx, dw, db = self.torch.ops.aten.native_batch_norm_backward(
             self.dy, self.x, self.weight, self.running_mean, self.running_var, mean, invstd, True, 1e-5,
             [True, True, True])
-        return self._host(dx), dw.numpy(), db.numpy()
+        return self._host(dx), dw.cpu().numpy(), db.cpu().numpy()
 
 
 def check_batchnorm(impl, data):
@@ -431,6 +449,10 @@ def check_batchnorm(impl, data):
                                 ("save_invstd", got_invstd, invstd), ("running_mean", impl.running_mean, rm),
                                 ("running_var", impl.running_var, rv), ("dx", got_dx, dx),
                                 ("dweight", got_dw, dw), ("dbias", got_db, db)):
-        got = np.asarray(got if not hasattr(got, "numpy") else got.numpy()).reshape(-1)
+        if hasattr(got, "get"):  # a CuPy array
+            got = got.get()
+        elif hasattr(got, "numpy"):  # a torch tensor
+            got = got.cpu().numpy()
+        got = np.asarray(got).reshape(-1)
         worst = max(worst, _compare(impl.label, f"BatchNorm {what}", got, expected.reshape(-1), tol, 0))
     return {"passed": True, "elements": int(data.x.size), "worst_error_over_tolerance": worst}

@@ -20,7 +20,7 @@ from .timing import measure
 
 
 
-def batchnorm_passes(shape, axis, direction, threads):
+def batchnorm_passes(shape, axis, direction, threads, backend="cpu"):
     """The memory passes of a BatchNorm training step with the fewest reads of its inputs (x; x
     and dy backward) that the CPU kernel manages for this layout: one where a group of channels'
     values stays cached from the statistics to the output (channels-first, small enough slices),
@@ -29,6 +29,8 @@ def batchnorm_passes(shape, axis, direction, threads):
     the kernels with streaming stores from 16 MiB on."""
     inputs = 1 if direction == "forward" else 2
     reads = 1
+    if backend == "cuda":  # the CUDA kernels read the inputs twice: statistics, then the output
+        return [(inputs, 0, 0), (inputs, 0, 1)]
     try:
         from .. import _cpu
     except ImportError:  # no extension: no limit is measured; the compulsory traffic is reported
@@ -52,6 +54,9 @@ class Config:
         self.threads = list(threads) if threads else ([all_threads] if quick else sorted({1, all_threads}))
         available = [name for name, info in fastopt.backends().items() if info["available"]]
         self.backends = [b for b in (backends or available) if b in available]
+        # A CUDA-only run (the GPU rows): its references run on the GPU (torch fused Adam, cuDNN
+        # batch norm); the CPU ones, which take minutes at these sizes, are left out.
+        self.cuda_only = self.backends == ["cuda"]
         self.unavailable = {name: info.get("reason") for name, info in fastopt.backends().items()
                             if not info["available"]}
         self.sizes = tuple(sizes) if sizes else (workloads.SIZES_QUICK if quick else workloads.SIZES_FULL)
@@ -253,12 +258,16 @@ class Run:
             base["max_grad_norm"] = max_grad_norm
         # torch's fused kernel, the strongest reference, is timed interleaved with fastopt (like
         # the stream), so that their ratio holds on a noisy machine; the others are timed after.
-        partner = self._reference(spec, data, "torch-fused", base, max_grad_norm)
+        device = "cuda" if cfg.cuda_only else "cpu"
+        partner = self._reference(spec, data, "torch-fused", base, max_grad_norm, device)
         partner_timed = None
         for backend in cfg.backends:
             try:
                 impl = impls.FastoptOptimizer(spec, data, backend, max_grad_norm)
-                check = impls.check_optimizer(impl, spec, data, max_grad_norm=max_grad_norm)
+                # On the GPU a prefix of each tensor (the float64 reference of 2.56e8 elements
+                # takes longer than the run; tests/test_cuda.py checks the GPU bit for bit).
+                check = impls.check_optimizer(impl, spec, data, max_grad_norm=max_grad_norm,
+                                              limit=impls.GPU_CHECK_ELEMENTS if backend == "cuda" else None)
             except impls.BACKEND_GAPS as exc:
                 self.add(**base, impl=f"fastopt[{backend}]", backend=backend, skipped=impls.gap_reason(backend, exc))
                 continue
@@ -268,7 +277,7 @@ class Run:
             except ImportError:
                 stream = None
             fns = [impl.step] + ([stream] if stream else [])
-            with_partner = partner is not None and partner_timed is None and backend != "cuda"
+            with_partner = partner is not None and partner_timed is None and (backend == "cuda") == cfg.cuda_only
             if with_partner:
                 fns.append(partner[0].step)
             timed = measure(fns, repeats=cfg.repeats, target_sample_s=cfg.target_sample_s,
@@ -295,12 +304,12 @@ class Run:
             if partner_timed is None:  # no fastopt backend ran: time it alone
                 partner_timed = self._measure_reference(impl, data)
             seconds, samples = partner_timed
-            self.add(**base, impl="torch-fused", backend="cpu", seconds=seconds, samples=samples,
+            self.add(**base, impl="torch-fused", backend=device, seconds=seconds, samples=samples,
                      elements_per_s=data.n / seconds, check=check, interleaved_with_fastopt=True)
             impl.close()
             del impl, partner
             gc.collect()
-        for label in ("numpy", "torch-foreach"):
+        for label in () if cfg.cuda_only else ("numpy", "torch-foreach"):
             made = self._reference(spec, data, label, base, max_grad_norm)
             if made is None:
                 continue
@@ -312,14 +321,14 @@ class Run:
             del impl, made
             gc.collect()
 
-    def _reference(self, spec, data, label, base, max_grad_norm):
+    def _reference(self, spec, data, label, base, max_grad_norm, device="cpu"):
         """(implementation, check) of a reference that runs here and agrees with the float64
         reference; else None, with a record saying why."""
         try:
             if label == "numpy":
                 impl = impls.NumpyOptimizer(spec, data, max_grad_norm)
             else:
-                impl = impls.TorchOptimizer(spec, data, label[len("torch-"):], max_grad_norm)
+                impl = impls.TorchOptimizer(spec, data, label[len("torch-"):], max_grad_norm, device)
         except impls.Skipped as exc:
             self.add(**base, impl=label, skipped=str(exc))
             return None
@@ -337,7 +346,7 @@ class Run:
         cfg = self.config
         repeats = max(3, cfg.repeats - 4) if data.n >= 10**7 else cfg.repeats
         return measure([impl.step], repeats=repeats, target_sample_s=cfg.target_sample_s,
-                       max_time_s=cfg.max_time_s)[0]
+                       max_time_s=cfg.max_time_s, sync=impl.sync)[0]
 
     # ---- BatchNorm ----
     def batchnorm_task(self, bn, threads):
@@ -354,10 +363,11 @@ class Run:
             return
         data = impls.BatchNormData(bn.shape, bn.axis)
         n = data.x.size
-        passes_of = {d: batchnorm_passes(bn.shape, bn.axis, d, threads) for d in ("forward", "backward")}
-        makers = [(f"fastopt[{b}]", lambda b=b: impls.FastoptBatchNorm(data, b)) for b in cfg.backends
-                  if b != "cuda"]
-        makers += [("numpy", lambda: impls.NumpyBatchNormImpl(data)), ("torch", lambda: impls.TorchBatchNorm(data))]
+        makers = [(f"fastopt[{b}]", lambda b=b: impls.FastoptBatchNorm(data, b)) for b in cfg.backends]
+        if cfg.cuda_only:
+            makers.append(("torch-cudnn", lambda: impls.TorchBatchNorm(data, "cuda")))
+        else:
+            makers += [("numpy", lambda: impls.NumpyBatchNormImpl(data)), ("torch", lambda: impls.TorchBatchNorm(data))]
         for label, make in makers:
             try:
                 impl = make()
@@ -366,6 +376,7 @@ class Run:
                     self.add(**base, workload=f"BN {direction} {bn.name}", impl=label, skipped=str(exc))
                 continue
             is_fastopt = label.startswith("fastopt")
+            backend = label[8:-1] if is_fastopt else ("cuda" if label == "torch-cudnn" else "cpu")
             try:
                 check = impls.check_batchnorm(impl, data)
             except impls.BACKEND_GAPS as exc:
@@ -382,17 +393,18 @@ class Run:
                     self.add(**base, workload=f"BN {direction} {bn.name}", impl=label,
                              skipped=f"CHECK FAILED, not timed: {exc}")
                 continue
-            for direction, passes in passes_of.items():
+            for direction in ("forward", "backward"):
+                passes = batchnorm_passes(bn.shape, bn.axis, direction, threads, backend)
                 fn = impl.forward if direction == "forward" else impl.backward
-                if direction == "forward" and label == "torch":
+                if direction == "forward" and label.startswith("torch"):
                     fn = impl.forward_only
-                stream = Stream("cpu", "float32", n, passes, threads) if is_fastopt else None
+                stream = Stream(backend, "float32", n, passes, threads) if is_fastopt else None
                 timed = measure([fn] + ([stream] if stream else []), repeats=cfg.repeats,
-                                target_sample_s=cfg.target_sample_s, max_time_s=cfg.max_time_s)
+                                target_sample_s=cfg.target_sample_s, max_time_s=cfg.max_time_s, sync=impl.sync)
                 seconds, samples = timed[0]
                 nbytes = pattern_bytes(passes, 4)
                 record = dict(base, workload=f"BN {direction} {bn.name}", impl=label,
-                              backend=label[8:-1] if is_fastopt else "cpu", seconds=seconds, samples=samples,
+                              backend=backend, seconds=seconds, samples=samples,
                               elements_per_s=n / seconds, bytes_per_element=nbytes, passes=passes,
                               gb_per_s=n * nbytes / seconds / 1e9, check=check)
                 if stream:

@@ -6,16 +6,16 @@ points have the signatures of the compiled CPU extension's (csrc/bindings.cpp).
 
 What is verified without a GPU: every instantiation this module can request compiles with NVRTC
 for compute_75, compute_80 and compute_90 with the production options
-(tests/test_nvrtc_compile.py, in CI). What needs a GPU: running the kernels and comparing them with
-the CPU backend (tests/test_cuda.py, which runs wherever cupy.is_available()).
+(tests/test_nvrtc_compile.py), and runs, launched by the functions below, in an emulator of the
+CUDA execution model against the CPU backend (tests/test_cuda_emulated.py), both in CI. What needs
+a GPU: speed, and the kernels on the hardware (tests/test_cuda.py, wherever cupy.is_available();
+tools/gpu_check.sh).
 """
-import functools
-
 import numpy as np
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
 from .._scalars import NUM_VARIANTS, RULE_NAMES
-from ._loader import kernel
+from ._loader import CupyDevice
 
 SOURCE = "kernels.cu"
 NUM_RULE_SCALARS = 8  # the kernel's k0..k7
@@ -60,34 +60,32 @@ def all_kernel_names():
     return names
 
 
-@functools.lru_cache(maxsize=None)
-def _max_blocks(device_id):
-    import cupy
-
-    return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"] * 8
+def _max_blocks(device):
+    return device.multiprocessors() * 8
 
 
-def _aligned(arrays):
-    return all(a.data.ptr % (a.itemsize * VEC) == 0 for a in arrays)
+def _aligned(arrays, device):
+    return all(device.address(a) % (a.itemsize * VEC) == 0 for a in arrays)
 
 
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed):
+                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed, device=None):
+    """`device`: where the kernel runs (default: CuPy on param's GPU; the emulator passes its own)."""
     n = param.size
     if n == 0:
         return
+    device = CupyDevice(param) if device is None else device
     stochastic = param_code == CODE_BFLOAT16 and master is None
-    fn = kernel(SOURCE, step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic))
+    name = step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic)
     used = [param, grad] + list(states) + ([master] if master is not None else [])
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(states) + [param] * (3 - len(states))
     k = list(scalars) + [0.0] * (NUM_RULE_SCALARS - len(scalars))
-    blocks = int(min(_max_blocks(param.device.id), -(-n // (THREADS * VEC))))
-    with param.device:  # the arrays' GPU (fastopt._checks makes sure they share one), not the current one
-        fn((blocks,), (THREADS,),
-           (param, grad, master if master is not None else param, *slots, np.int64(n), np.bool_(_aligned(used)),
-            np.float64(grad_scale), np.float64(weight_decay), np.float64(decay_factor), np.uint32(rounding_seed),
-            *map(np.float64, k)))
+    blocks = int(min(_max_blocks(device), -(-n // (THREADS * VEC))))
+    device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
+                  (param, grad, master if master is not None else param, *slots, np.int64(n),
+                   np.bool_(_aligned(used, device)), np.float64(grad_scale), np.float64(weight_decay),
+                   np.float64(decay_factor), np.uint32(rounding_seed), *map(np.float64, k)))
 
 
 def _norm_blocks(n):
@@ -95,19 +93,19 @@ def _norm_blocks(n):
     return int(max(1, min(1024, -(-n // (THREADS * 16)))))
 
 
-def sum_of_squares(code, x):
-    import cupy
-
+def sum_of_squares(code, x, device=None):
     n = x.size
     if n == 0:
         return 0.0
+    device = CupyDevice(x) if device is None else device
     blocks = _norm_blocks(n)
-    with x.device:
-        partial = cupy.empty(blocks, dtype=cupy.float64)
-        out = cupy.empty(1, dtype=cupy.float64)
-        kernel(SOURCE, norm_kernel_name(code))((blocks,), (THREADS,), (x, np.int64(n), partial))
-        kernel(SOURCE, "sum_partials_kernel")((1,), (32,), (partial, np.int32(blocks), out))
-        return float(out.get()[0])
+    partial = device.empty(blocks, np.float64)
+    out = device.empty(1, np.float64)
+    name = norm_kernel_name(code)
+    device.launch(SOURCE, (name,), name, (blocks,), (THREADS,), (x, np.int64(n), partial))
+    device.launch(SOURCE, ("sum_partials_kernel",), "sum_partials_kernel", (1,), (32,),
+                  (partial, np.int32(blocks), out))
+    return device.to_float(out)
 
 
 __all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name"]

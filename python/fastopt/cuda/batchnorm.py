@@ -3,7 +3,7 @@ extension's entry points (csrc/bind_batchnorm.cpp)."""
 import numpy as np
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
-from ._loader import raw_module
+from ._loader import CupyDevice
 
 SOURCE = "batchnorm.cu"
 THREADS = 256  # kBnThreads
@@ -27,8 +27,8 @@ def name_expressions():
     return tuple(names)
 
 
-def _kernel(name):
-    return raw_module(SOURCE, name_expressions()).get_function(name)
+def _launch(device, name, grid, block, args):
+    device.launch(SOURCE, name_expressions(), name, grid, block, args)
 
 
 _NULL = np.uint64(0)  # a null pointer argument
@@ -42,10 +42,8 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _reduce(code, x, dy, mean, outer, channels, inner, grad):
+def _reduce(device, code, x, dy, mean, outer, channels, inner, grad):
     """Stage 1: float64 partial sums; returns (part1, part2, num_parts, c_stride, p_stride)."""
-    import cupy
-
     xt, st = TYPES[code]
     flag = "true" if grad else "false"
     count = outer * inner
@@ -54,22 +52,20 @@ def _reduce(code, x, dy, mean, outer, channels, inner, grad):
         chunks = max(1, min(_ceil_div(1024, channels), _ceil_div(count, THREADS * 8), 65535))
         chunk = _ceil_div(count, chunks)
         chunks = _ceil_div(count, chunk)
-        part1 = cupy.empty(channels * chunks, np.float64)
-        part2 = cupy.empty_like(part1)
-        _kernel(f"fastopt_bn_reduce_strided<{xt}, {st}, {flag}>")(
-            (channels, chunks), (THREADS,),
-            (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(inner), np.int64(chunk),
-             part1, part2))
+        part1 = device.empty(channels * chunks, np.float64)
+        part2 = device.empty(channels * chunks, np.float64)
+        _launch(device, f"fastopt_bn_reduce_strided<{xt}, {st}, {flag}>", (channels, chunks), (THREADS,),
+                (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(inner), np.int64(chunk),
+                 part1, part2))
         return part1, part2, chunks, chunks, 1
     column_blocks = _ceil_div(channels, 32)
     row_blocks = max(1, min(_ceil_div(2048, column_blocks), _ceil_div(outer, ROW_THREADS * 4), 65535))
     rows_per_block = _ceil_div(outer, row_blocks)
     row_blocks = _ceil_div(outer, rows_per_block)
-    part1 = cupy.empty(row_blocks * channels, np.float64)
-    part2 = cupy.empty_like(part1)
-    _kernel(f"fastopt_bn_reduce_rows<{xt}, {st}, {flag}>")(
-        (column_blocks, row_blocks), (32, ROW_THREADS),
-        (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(rows_per_block), part1, part2))
+    part1 = device.empty(row_blocks * channels, np.float64)
+    part2 = device.empty(row_blocks * channels, np.float64)
+    _launch(device, f"fastopt_bn_reduce_rows<{xt}, {st}, {flag}>", (column_blocks, row_blocks), (32, ROW_THREADS),
+            (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(rows_per_block), part1, part2))
     return part1, part2, row_blocks, 1, channels
 
 
@@ -78,42 +74,43 @@ def _elementwise_grid(n):
 
 
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
-                       save_mean, save_invstd, momentum, eps, training):
+                       save_mean, save_invstd, momentum, eps, training, device=None):
+    """`device`: where the kernels run (default: CuPy on x's GPU; the emulator passes its own)."""
+    device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
     per_channel = ((_ceil_div(channels, 128),), (128,))
     if training:
-        part1, part2, parts, c_stride, p_stride = _reduce(code, x, None, None, outer, channels, inner, False)
-        _kernel(f"fastopt_bn_finalize_forward<{xt}, {st}>")(
-            *per_channel,
-            (x, part1, part2, np.int64(parts), np.int64(c_stride), np.int64(p_stride), np.int64(channels),
-             np.int64(inner), np.int64(outer * inner), np.float64(eps), np.float64(momentum),
-             _ptr(running_mean), _ptr(running_var), save_mean, save_invstd))
+        part1, part2, parts, c_stride, p_stride = _reduce(device, code, x, None, None, outer, channels, inner,
+                                                          False)
+        _launch(device, f"fastopt_bn_finalize_forward<{xt}, {st}>", *per_channel,
+                (x, part1, part2, np.int64(parts), np.int64(c_stride), np.int64(p_stride), np.int64(channels),
+                 np.int64(inner), np.int64(outer * inner), np.float64(eps), np.float64(momentum),
+                 _ptr(running_mean), _ptr(running_var), save_mean, save_invstd))
     else:
-        _kernel(f"fastopt_bn_finalize_eval<{st}>")(
-            *per_channel, (np.int64(channels), np.float64(eps), running_mean, running_var, save_mean, save_invstd))
+        _launch(device, f"fastopt_bn_finalize_eval<{st}>", *per_channel,
+                (np.int64(channels), np.float64(eps), running_mean, running_var, save_mean, save_invstd))
     n = outer * channels * inner
-    _kernel(f"fastopt_bn_normalize<{xt}, {st}>")(
-        *_elementwise_grid(n),
-        (x, y, np.int64(n), np.int64(channels), np.int64(inner), save_mean, save_invstd, _ptr(weight), _ptr(bias)))
+    _launch(device, f"fastopt_bn_normalize<{xt}, {st}>", *_elementwise_grid(n),
+            (x, y, np.int64(n), np.int64(channels), np.int64(inner), save_mean, save_invstd, _ptr(weight),
+             _ptr(bias)))
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
-                        training):
-    import cupy
-
+                        training, device=None):
+    device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
     stat_dtype = np.float64 if code == CODE_FLOAT64 else np.float32
     if training or dweight is not None:
-        part1, part2, parts, c_stride, p_stride = _reduce(code, x, dy, save_mean, outer, channels, inner, True)
+        part1, part2, parts, c_stride, p_stride = _reduce(device, code, x, dy, save_mean, outer, channels, inner,
+                                                          True)
     else:
-        part1 = part2 = cupy.zeros(1, np.float64)
+        part1 = part2 = device.zeros(1, np.float64)
         parts, c_stride, p_stride = 0, 0, 0
-    coefs = cupy.empty(3 * channels, stat_dtype)
-    _kernel(f"fastopt_bn_finalize_backward<{st}>")(
-        (_ceil_div(channels, 128),), (128,),
-        (part1, part2, np.int64(parts), np.int64(c_stride), np.int64(p_stride), np.int64(channels),
-         np.int64(outer * inner), _ptr(weight), save_invstd, _ptr(dweight), _ptr(dbias), np.int32(bool(training)),
-         coefs))
+    coefs = device.empty(3 * channels, stat_dtype)
+    _launch(device, f"fastopt_bn_finalize_backward<{st}>", (_ceil_div(channels, 128),), (128,),
+            (part1, part2, np.int64(parts), np.int64(c_stride), np.int64(p_stride), np.int64(channels),
+             np.int64(outer * inner), _ptr(weight), save_invstd, _ptr(dweight), _ptr(dbias), np.int32(bool(training)),
+             coefs))
     n = outer * channels * inner
-    _kernel(f"fastopt_bn_input_grad<{xt}, {st}>")(
-        *_elementwise_grid(n), (dy, x, dx, np.int64(n), np.int64(channels), np.int64(inner), save_mean, coefs))
+    _launch(device, f"fastopt_bn_input_grad<{xt}, {st}>", *_elementwise_grid(n),
+            (dy, x, dx, np.int64(n), np.int64(channels), np.int64(inner), save_mean, coefs))
