@@ -1,0 +1,13 @@
+"""Data-parallel training over MPI (mpi4py, NumPy arrays) or NCCL (CuPy arrays).
+
+- :class:`ShardedOptimizer`: any fastopt optimizer stepped on this rank's shard of the flat
+  parameter buffer (ZeRO-1; ZeRO-2 buckets with ``reduce_bucket``), ``deterministic=True`` for
+  rank-order sums.
+
+See docs/distributed.md. Install with ``pip install 'fastopt[mpi]'``; launch with
+``mpiexec -n 4 python -m mpi4py train.py`` (an exception on one rank then aborts every rank).
+"""
+from .sharded import ShardedOptimizer, predivided
+
+__all__ = ["ShardedOptimizer", "predivided"]
+

@@ -1,0 +1,40 @@
+"""fastopt.distributed under mpiexec: each test launches a worker script of tests/mpi/ on N ranks
+(oversubscribed, one thread each) with a timeout, so that a deadlock fails instead of hanging.
+Each worker groups many checks and prints 'OK <n> checks' on every rank."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("mpi4py")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKERS = ROOT / "tests" / "mpi"
+MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(pathlib.Path(sys.executable).parent))
+if MPIEXEC is None:
+    pytest.skip("no mpiexec (pip install mpich)", allow_module_level=True)
+
+
+def launch(worker, ranks, *args, timeout=120):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "python"),
+               # Oversubscribed ranks must yield the core while they wait, or they spin each other out.
+               MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(WORKERS / worker), *map(str, args)]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{worker} on {ranks} ranks did not finish in {timeout} s (deadlock?):\n"
+                    f"{(exc.stdout or b'')[-3000:]!r}\n{(exc.stderr or b'')[-3000:]!r}")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"{worker} on {ranks} ranks failed:\n{out[-6000:]}"
+    oks = [line for line in done.stdout.splitlines() if line.startswith("OK ")]
+    assert len(oks) == ranks, f"{worker}: {len(oks)} of {ranks} ranks reported OK:\n{out[-6000:]}"
+    return done.stdout
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_sharded_optimizers_equal_one_process(ranks):
+    launch("worker_optim.py", ranks)
