@@ -38,3 +38,8 @@ def launch(worker, ranks, *args, timeout=120):
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 def test_sharded_optimizers_equal_one_process(ranks):
     launch("worker_optim.py", ranks)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_bad_input_raises_on_every_rank(ranks):
+    launch("worker_errors.py", ranks, timeout=60)

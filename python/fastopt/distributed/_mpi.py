@@ -29,17 +29,19 @@ def check_comm(comm):
 
 
 def agree(comm, error):
-    """Raises on every rank if any rank has an error (a str or None); one small allgather.
+    """Raises on every rank if any rank has an error (an exception or None); one small allgather.
 
-    Every rank gets the same message, naming the ranks that failed, so no rank is left waiting
-    in a collective that the others never enter.
+    Every rank raises the same exception type and message, naming the ranks that failed, so no
+    rank is left waiting in a collective that the others never enter.
     """
-    errors = comm.allgather(error)
+    mine = None if error is None else (type(error).__name__, str(error))
+    errors = comm.allgather(mine)
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if failed:
-        rank, first = failed[0]
+        rank, (kind, message) = failed[0]
         ranks = ", ".join(str(r) for r, _ in failed)
-        raise ValueError(f"fastopt.distributed: rank {rank}: {first} (failing ranks: {ranks})")
+        cls = TypeError if kind == "TypeError" else ValueError
+        raise cls(f"fastopt.distributed: {message} (on rank {rank}; failing ranks: {ranks})")
 
 
 def agree_descriptor(comm, descriptor, what):

@@ -86,12 +86,12 @@ class ShardedOptimizer:
             hypers = {k: _jsonable(v) for k, v in self._opts[0][2].state_dict()["param_groups"][0].items()
                       if k != "params"}
         except (TypeError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = exc
         agree(t.comm, error)
         agree_descriptor(t.comm, {
             "optimizer": f"{optimizer_class.__module__}.{optimizer_class.__qualname__}",
             "size": self.size, "param_dtype": str(self.param.dtype), "grad_dtype": str(self.grad_dtype),
-            "options": {k: _jsonable(v) for k, v in sorted(options.items())}, "hyper_parameters": hypers,
+            **hypers, **{k: _jsonable(v) for k, v in options.items() if k not in hypers},
             "deterministic": self.deterministic, "average": self.average, "predivide": self.predivide,
             "ranks": self.ranks, "transport": t.kind}, "optimizer set-up")
         self._hyper_names = tuple(hypers)
