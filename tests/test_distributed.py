@@ -43,3 +43,8 @@ def test_sharded_optimizers_equal_one_process(ranks):
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_bad_input_raises_on_every_rank(ranks):
     launch("worker_errors.py", ranks, timeout=60)
+
+
+@pytest.mark.parametrize("ranks", [1, 3, 4])
+def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(ranks):
+    launch("worker_syncbn.py", ranks)
