@@ -49,3 +49,9 @@ def test_bad_input_raises_on_every_rank(ranks):
 @pytest.mark.parametrize("ranks", [1, 3, 4])
 def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(ranks):
     launch("worker_syncbn.py", ranks)
+
+
+def test_checkpoint_saved_at_3_ranks_continues_at_2_and_1(tmp_path):
+    launch("worker_checkpoint.py", 3, "save", tmp_path)
+    for ranks in (2, 1):
+        launch("worker_checkpoint.py", ranks, "load", tmp_path)

@@ -5,12 +5,16 @@
   rank-order sums.
 - :func:`sync_batch_norm_forward`, :func:`sync_batch_norm_backward`, :class:`SyncBatchNorm`:
   batch statistics over the batches of every rank.
+- :func:`save`, :func:`load` (also ``opt.save(path)``, ``opt.load(path)``): checkpoints that
+  load at any rank count.
 
 See docs/distributed.md. Install with ``pip install 'fastopt[mpi]'``; launch with
 ``mpiexec -n 4 python -m mpi4py train.py`` (an exception on one rank then aborts every rank).
 """
+from .checkpoint import load, save
 from .sharded import ShardedOptimizer, predivided
 from .syncbn import SyncBatchNorm, sync_batch_norm_backward, sync_batch_norm_forward
 
-__all__ = ["ShardedOptimizer", "predivided", "SyncBatchNorm", "sync_batch_norm_forward", "sync_batch_norm_backward"]
+__all__ = ["ShardedOptimizer", "predivided", "SyncBatchNorm", "sync_batch_norm_forward", "sync_batch_norm_backward",
+           "save", "load"]
 
