@@ -55,3 +55,18 @@ def test_checkpoint_saved_at_3_ranks_continues_at_2_and_1(tmp_path):
     launch("worker_checkpoint.py", 3, "save", tmp_path)
     for ranks in (2, 1):
         launch("worker_checkpoint.py", ranks, "load", tmp_path)
+
+
+def _gpus():
+    try:
+        import cupy
+        from cupy.cuda import nccl  # noqa: F401
+        return cupy.cuda.runtime.getDeviceCount() if cupy.is_available() else 0
+    except Exception:
+        return 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(_gpus() == 0, reason="no CUDA device with CuPy and NCCL")
+def test_nccl_transport_equals_one_gpu():
+    launch("worker_nccl.py", min(_gpus(), 2), timeout=300)  # NCCL wants one GPU per rank

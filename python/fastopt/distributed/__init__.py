@@ -8,6 +8,7 @@
 - :func:`save`, :func:`load` (also ``opt.save(path)``, ``opt.load(path)``): checkpoints that
   load at any rank count.
 
+CuPy arrays: pass ``transport=NcclTransport(comm)`` (NCCL through cupy.cuda.nccl).
 See docs/distributed.md. Install with ``pip install 'fastopt[mpi]'``; launch with
 ``mpiexec -n 4 python -m mpi4py train.py`` (an exception on one rank then aborts every rank).
 """
@@ -16,5 +17,11 @@ from .sharded import ShardedOptimizer, predivided
 from .syncbn import SyncBatchNorm, sync_batch_norm_backward, sync_batch_norm_forward
 
 __all__ = ["ShardedOptimizer", "predivided", "SyncBatchNorm", "sync_batch_norm_forward", "sync_batch_norm_backward",
-           "save", "load"]
+           "save", "load", "NcclTransport"]
 
+
+def __getattr__(name):
+    if name == "NcclTransport":  # imports CuPy only when asked for
+        from ._nccl import NcclTransport
+        return NcclTransport
+    raise AttributeError(f"module 'fastopt.distributed' has no attribute {name!r}")

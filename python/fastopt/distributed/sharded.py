@@ -31,9 +31,10 @@ def _jsonable(value):
 def predivided(grad, ranks, out=None):
     """grad * (1 / ranks) rounded once to grad's dtype (half gradients: computed in float32), the
     contribution each rank sends with ``predivide=True``."""
-    out = np.empty_like(grad) if out is None else out
+    xp = _backend.array_module(_backend.array_kind(grad))
+    out = xp.empty_like(grad) if out is None else out
     if grad.dtype in (np.float32, np.float64):
-        np.multiply(grad, grad.dtype.type(1.0 / ranks), out=out)
+        xp.multiply(grad, grad.dtype.type(1.0 / ranks), out=out)
     else:
         out[...] = (grad.astype(np.float32) * np.float32(1.0 / ranks)).astype(grad.dtype)
     return out
@@ -128,7 +129,7 @@ class ShardedOptimizer:
         pieces = pieces or [(o, o)]
         self.seed = _checks.checked_seed(options.get("seed", 0))
         self._opts = [(a, b, optimizer_class(self._flat[a:b], **options)) for a, b in pieces]
-        xp = _backend.array_module(self._transport.kind)
+        self._xp = xp = _backend.array_module(self._transport.kind)
         exact_sum = self.deterministic or self.grad_dtype not in (np.float32, np.float64)
         self._exact_sum = exact_sum and self.ranks > 1
         self._recv = xp.empty((self.ranks, c), self.grad_dtype) if self._exact_sum else None
@@ -184,7 +185,7 @@ class ShardedOptimizer:
         if not self.predivide:
             return grad
         if self._scratch is None:
-            self._scratch = np.empty_like(grad)
+            self._scratch = self._xp.empty_like(grad)
         return predivided(grad, self.ranks, out=self._scratch)
 
     def _start(self, grad, start, stop):
@@ -236,18 +237,22 @@ class ShardedOptimizer:
         self._pending.clear()
         if self._exact_sum:
             recv, out = self._recv, self._reduced
-            np.add(recv[0], recv[1], out=out)
+            self._xp.add(recv[0], recv[1], out=out)
             for k in range(2, self.ranks):
-                np.add(out, recv[k], out=out)
+                self._xp.add(out, recv[k], out=out)
         return self._reduced
 
     def _norm_sum(self, shard_grad):
         """The float64 sum of squares of the whole reduced gradient, with the single-process bits."""
         o, _ = self.shard
-        module = _backend.select(self._transport.kind, self._opts[0][2].backend).module
-        code = _dtypes.dtype_code(self.grad_dtype)
-        partial = [module.sum_of_squares(code, shard_grad[a - o:b - o]) for a, b in self.layout.blocks(self.rank)]
-        sums = self._transport.allgather_float64(np.array(partial, np.float64), self.layout.block_counts())
+        blocks, t = self.layout.blocks(self.rank), self._transport
+        if hasattr(t, "block_sums"):  # CuPy: one reduction for every block, not the norm kernel's bits
+            partial = t.block_sums(shard_grad, blocks)
+        else:
+            module = _backend.select(t.kind, self._opts[0][2].backend).module
+            code = _dtypes.dtype_code(self.grad_dtype)
+            partial = [module.sum_of_squares(code, shard_grad[a - o:b - o]) for a, b in blocks]
+        sums = t.allgather_float64(np.array(partial, np.float64), self.layout.block_counts())
         return float(np.cumsum(sums)[-1]) if sums.size else 0.0
 
     # ---- the step ----
