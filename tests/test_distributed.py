@@ -19,11 +19,20 @@ if MPIEXEC is None:
     pytest.skip("no mpiexec (pip install mpich)", allow_module_level=True)
 
 
-def launch(worker, ranks, *args, timeout=120):
+def launch(worker, ranks, *args, timeout=120, expect_ok=True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "python"),
                # Oversubscribed ranks must yield the core while they wait, or they spin each other out.
                MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(WORKERS / worker), *map(str, args)]
+    if not expect_ok:
+        return _run(cmd, env, worker, ranks, timeout).stdout
+    done = _run(cmd, env, worker, ranks, timeout)
+    oks = re.findall(r"OK \d+ checks", done.stdout)  # ranks' lines may interleave
+    assert len(oks) == ranks, f"{worker}: {len(oks)} of {ranks} ranks reported OK:\n{done.stdout[-6000:]}"
+    return done.stdout
+
+
+def _run(cmd, env, worker, ranks, timeout):
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired as exc:
@@ -31,9 +40,7 @@ def launch(worker, ranks, *args, timeout=120):
                     f"{(exc.stdout or b'')[-3000:]!r}\n{(exc.stderr or b'')[-3000:]!r}")
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"{worker} on {ranks} ranks failed:\n{out[-6000:]}"
-    oks = re.findall(r"OK \d+ checks", done.stdout)  # ranks' lines may interleave
-    assert len(oks) == ranks, f"{worker}: {len(oks)} of {ranks} ranks reported OK:\n{out[-6000:]}"
-    return done.stdout
+    return done
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
@@ -70,3 +77,15 @@ def _gpus():
 @pytest.mark.skipif(_gpus() == 0, reason="no CUDA device with CuPy and NCCL")
 def test_nccl_transport_equals_one_gpu():
     launch("worker_nccl.py", min(_gpus(), 2), timeout=300)  # NCCL wants one GPU per rank
+
+
+def test_example_trains_data_parallel_like_one_process():
+    pytest.importorskip("sklearn")
+    sys.path.insert(0, str(ROOT / "examples"))
+    import train_digits
+
+    accuracy, _ = train_digits.train("adam", epochs=10, verbose=False)
+    out = launch(ROOT / "examples" / "train_digits.py", 2, "--distributed", "--epochs", "10", expect_ok=False)
+    found = re.search(r"test accuracy ([0-9.]+) after 10 epochs on 2 ranks", out)
+    assert found, out
+    assert float(found.group(1)) >= 0.95 and abs(float(found.group(1)) - accuracy) <= 0.01
