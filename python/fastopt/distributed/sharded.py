@@ -248,11 +248,20 @@ class ShardedOptimizer:
         blocks, t = self.layout.blocks(self.rank), self._transport
         if hasattr(t, "block_sums"):  # CuPy: one reduction for every block, not the norm kernel's bits
             partial = t.block_sums(shard_grad, blocks)
+            counts = self.layout.block_counts()
         else:
             module = _backend.select(t.kind, self._opts[0][2].backend).module
             code = _dtypes.dtype_code(self.grad_dtype)
-            partial = [module.sum_of_squares(code, shard_grad[a - o:b - o]) for a, b in blocks]
-        sums = t.allgather_float64(np.array(partial, np.float64), self.layout.block_counts())
+            counts = self.layout.block_counts()
+            if counts[0]:
+                # The kernel folds its block sums in order from 0: on rank 0's shard that fold is
+                # the prefix of the global one, so one call replaces its per-block sums.
+                counts[0] = 1
+            if self.rank == 0 and blocks:
+                partial = [module.sum_of_squares(code, shard_grad)]
+            else:
+                partial = [module.sum_of_squares(code, shard_grad[a - o:b - o]) for a, b in blocks]
+        sums = t.allgather_float64(np.array(partial, np.float64), counts)
         return float(np.cumsum(sums)[-1]) if sums.size else 0.0
 
     # ---- the step ----
