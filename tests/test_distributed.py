@@ -89,3 +89,17 @@ def test_example_trains_data_parallel_like_one_process():
     found = re.search(r"test accuracy ([0-9.]+) after 10 epochs on 2 ranks", out)
     assert found, out
     assert float(found.group(1)) >= 0.95 and abs(float(found.group(1)) - accuracy) <= 0.01
+
+
+def test_benchmark_counts_the_bytes_of_the_formula(tmp_path):
+    out = tmp_path / "distributed.md"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_distributed.py"), "--ranks", "1,2", "--size",
+                    str(4 * 8192), "--steps", "2", "--out", str(out)], env=env, check=True, timeout=120,
+                   capture_output=True)
+    import json
+
+    rows = json.loads(out.with_suffix(".json").read_text())
+    two = [r for r in rows if r["ranks"] == 2]
+    assert len(two) == 2 and all(abs(r["bytes_per_step"] - r["formula"]) <= 8 * 4 for r in two), two
+    assert all(r["state_bytes_max"] == r["state_bytes_unsharded"] // 2 for r in two)
