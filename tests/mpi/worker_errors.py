@@ -61,4 +61,13 @@ raises(ValueError, ["grad", f"{P} elements"], lambda: opt.step(np.zeros(P + 1, n
 raises(ValueError, ["grad", "float32"], lambda: opt.step(np.zeros(P, np.float64)))
 raises(ValueError, ["max_grad_norm"], lambda: opt.step(np.zeros(P, np.float32), max_grad_norm=-1))
 opt.step(np.zeros(P, np.float32))  # still usable: nothing was half done
+# state_dict() is this rank's shard; it loads back at the same layout only.
+sd = opt.state_dict()
+opt.step(np.ones(P, np.float32))
+opt.load_state_dict(sd)
+assert opt.state["step"] == 1 and np.array_equal(opt.state["exp_avg"], sd["state"]["exp_avg"]), "state_dict"
+CHECKS += 1
+other = sharded(size=P + 16 * 8192)
+raises(ValueError, ["shard", "save() / load()"], lambda: other.load_state_dict(sd))
+raises(AttributeError, ["no attribute"], lambda: opt.no_such_thing)
 print(f"OK {CHECKS} checks", flush=True)

@@ -138,9 +138,9 @@ class ShardedOptimizer:
 
     # ---- hyper-parameters: read from, and set on, the shard's optimizers ----
     def __getattr__(self, name):
-        if name.startswith("_") or "_opts" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self._opts[0][2], name)
+        if name in self.__dict__.get("_hyper_names", ()):
+            return getattr(self._opts[0][2], name)
+        raise AttributeError(f"'ShardedOptimizer' object has no attribute {name!r}")
 
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_hyper_names", ()):
@@ -171,6 +171,27 @@ class ShardedOptimizer:
             if hasattr(value, "shape"):
                 out[name] = xp.concatenate([opt.state[name] for _, _, opt in self._opts])
         return out
+
+    def state_dict(self):
+        """This rank's shard: {"state": copies of the shard's state, "param_groups": [hyper-parameters],
+        "shard": {"offset", "count", "size", "ranks"}}. For checkpoints that load at another rank
+        count, use save() / load()."""
+        state = {k: (v.copy() if hasattr(v, "shape") else v) for k, v in self.state.items()}
+        o, c = self.shard
+        return {"state": state, "param_groups": self._opts[0][2].state_dict()["param_groups"],
+                "shard": {"offset": o, "count": c, "size": self.size, "ranks": self.ranks}}
+
+    def load_state_dict(self, state_dict):
+        """Loads what state_dict() gave on this rank, with the same rank count and model."""
+        shard = state_dict.get("shard", {})
+        o, c = self.shard
+        if shard != {"offset": o, "count": c, "size": self.size, "ranks": self.ranks}:
+            raise ValueError(f"the state_dict holds shard {shard}, this rank owns [{o}, {o + c}) of {self.size} "
+                             f"at {self.ranks} ranks; use save() / load() to change the rank count")
+        state = state_dict["state"]
+        for a, b, opt in self._opts:
+            piece = {k: (v[a - o:b - o] if hasattr(v, "shape") else v) for k, v in state.items()}
+            opt.load_state_dict({"state": piece, "param_groups": state_dict["param_groups"]})
 
     # ---- the gradient reduction ----
     def _check_grad(self, grad):
