@@ -14,6 +14,9 @@ from ..batchnorm import BatchNorm, batch_norm_backward, batch_norm_forward
 from ._mpi import agree_descriptor, check_comm, mpi
 
 
+_UNIT_EPS = 2.0 ** -10  # (1 - eps) + eps == 1 exactly in float32 and float64
+
+
 def _layout(x, axis):
     """(outer, channels, inner) view of x, and the stats dtype; raises before any collective."""
     if not hasattr(x, "ndim") or x.ndim not in (2, 3, 4):
@@ -77,6 +80,23 @@ def merge_moments(counts, means, m2s):
     return int(n), mean, m2
 
 
+def _local_moments(x, view, stat, eps, axis, scratch, backend):
+    """This rank's per-channel mean (a float64 sum) and M2 (from the fused kernel's variance,
+    which it computes from shifted float64 sums, exact for any offset of the data)."""
+    count = view.shape[0] * view.shape[2]
+    channels = view.shape[1]
+    if count == 0:
+        return np.zeros(channels), np.zeros(channels)
+    mean = view.sum(axis=(0, 2), dtype=np.float64) / count
+    if count == 1:
+        return mean, np.zeros(channels)
+    # momentum=1 leaves the batch's unbiased variance in the running variance; y goes to scratch.
+    running_mean, running_var = np.zeros(channels, stat), np.zeros(channels, stat)
+    batch_norm_forward(x, None, None, running_mean, running_var, training=True, momentum=1.0, eps=eps,
+                       axis=axis, out=scratch, backend=backend)
+    return mean, running_var.astype(np.float64) * (count - 1)
+
+
 def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, comm,
                             training=True, momentum=0.1, eps=1e-5, axis=1, out=None, backend=None):
     """Batch norm over the union of every rank's batch; returns ``(y, save_mean, save_invstd)``.
@@ -100,10 +120,9 @@ def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, runnin
             raise ValueError("running_mean and running_var must be given together")
         return view, stat, _checks.positive("eps", eps), _checks.unit_interval("momentum", momentum, closed=True)
     view, stat, eps_, momentum_ = _checked(comm, check)
-    local = view.astype(np.float64)
-    count = local.shape[0] * local.shape[2]
-    mean = local.sum(axis=(0, 2)) / count if count else np.zeros(view.shape[1])
-    m2 = ((local - mean[None, :, None]) ** 2).sum(axis=(0, 2)) if count else np.zeros(view.shape[1])
+    count = view.shape[0] * view.shape[2]
+    y = np.empty_like(x) if out is None else out
+    mean, m2 = _local_moments(x, view, stat, eps_, axis, y, backend)
     counts, rows = _gather(comm, [view.shape[1], count, 0], np.stack([mean, m2]))
     total, mean, m2 = merge_moments(counts.tolist(), rows[:, 0], rows[:, 1])
     if total < 2:
@@ -111,11 +130,10 @@ def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, runnin
                          "the batch variance is undefined")
     var = m2 / total
     save_mean, save_var = mean.astype(stat), var.astype(stat)
-    if count:
+    if count:  # the fused kernel, normalizing with the given (global) statistics
         y, save_mean, save_invstd = batch_norm_forward(x, weight, bias, save_mean, save_var, training=False,
-                                                       eps=eps_, axis=axis, out=out, backend=backend)
+                                                       eps=eps_, axis=axis, out=y, backend=backend)
     else:  # nothing to normalize here; the statistics as the kernel would give them
-        y = np.empty_like(x) if out is None else out
         save_invstd = (1.0 / np.sqrt(save_var.astype(np.float64) + eps_)).astype(stat)
     if running_mean is not None:
         running_mean[...] = ((1.0 - momentum_) * running_mean.astype(np.float64) + momentum_ * mean).astype(stat)
@@ -144,22 +162,34 @@ def sync_batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, comm, axi
             raise TypeError("save_mean and save_invstd are required (as returned by sync_batch_norm_forward)")
         return view, stat
     view, stat = _checked(comm, check)
-    dy_view = dy.reshape(view.shape)
-    mean = np.asarray(save_mean, np.float64)[None, :, None]
-    invstd = np.asarray(save_invstd, np.float64)[None, :, None]
-    g = dy_view.astype(np.float64)
-    xhat = (view.astype(np.float64) - mean) * invstd
-    sum_dy, sum_dy_xhat = g.sum(axis=(0, 2)), (g * xhat).sum(axis=(0, 2))
-    counts, rows = _gather(comm, [view.shape[1], view.shape[0] * view.shape[2], 0], np.stack([sum_dy, sum_dy_xhat]))
+    count, channels = view.shape[0] * view.shape[2], view.shape[1]
+    dx_out = np.empty_like(x) if out is None else out
+    sum_dy, sum_dy_xhat = np.zeros(channels), np.zeros(channels)
+    if count:
+        # The kernel's evaluation backward: dx = weight invstd dy, and this rank's sum(dy * xhat)
+        # and sum(dy) (float64 sums about the given mean), in one pass.
+        w = np.ones(channels, stat) if weight is None else weight
+        _, local_dw, local_db = batch_norm_backward(dy, x, w, save_mean, save_invstd, axis=axis, training=False,
+                                                    out=dx_out, backend=backend)
+        sum_dy, sum_dy_xhat = local_db.astype(np.float64), local_dw.astype(np.float64)
+    counts, rows = _gather(comm, [channels, count, 0], np.stack([sum_dy, sum_dy_xhat]))
     total = float(counts.sum())
     global_dy, global_dy_xhat = rows[0, 0].copy(), rows[0, 1].copy()
     for k in range(1, comm.size):  # rank order
         global_dy += rows[k, 0]
         global_dy_xhat += rows[k, 1]
-    w = 1.0 if weight is None else np.asarray(weight, np.float64)[None, :, None]
-    dx = w * invstd * (g - global_dy[None, :, None] / total - xhat * (global_dy_xhat[None, :, None] / total))
-    dx_out = np.empty_like(x) if out is None else out
-    dx_out.reshape(view.shape)[...] = dx.astype(x.dtype)
+    if count:
+        # dx = w invstd dy - [w invstd^2 sum_dy_xhat / M (x - mean) + w invstd sum_dy / M]. The
+        # bracket is a per-channel affine map of x, which the evaluation forward kernel computes
+        # (x - mean) first, with variance 1 - eps so that it scales by the given weight.
+        invstd = np.asarray(save_invstd, np.float64)
+        w64 = np.asarray(w, np.float64)
+        x_coef = (w64 * invstd * invstd * global_dy_xhat / total).astype(stat)
+        offset = (w64 * invstd * global_dy / total).astype(stat)
+        unit = np.full(channels, 1.0 - _UNIT_EPS, stat)
+        correction, _, _ = batch_norm_forward(x, x_coef, offset, np.asarray(save_mean, stat), unit, training=False,
+                                              eps=_UNIT_EPS, axis=axis, backend=backend)
+        dx_out -= correction
     if weight is None:
         return dx_out, None, None
     return dx_out, sum_dy_xhat.astype(stat), sum_dy.astype(stat)
