@@ -85,7 +85,12 @@ for make, words in [
         (lambda: sync_batch_norm_forward(np.ones((2, 3 + (RANK == N - 1)), np.float32), comm=comm), "channels"),
         (lambda: sync_batch_norm_forward(np.ones((2, 3), np.float32), np.ones(3, np.float64 if RANK == N - 1 else np.float32),
                                          comm=comm), "weight" if RANK == N - 1 else "failed on ranks"),
-        (lambda: sync_batch_norm_forward(np.ones((1 if RANK == 0 else 0, 3), np.float32), comm=comm), "more than one value")]:
+        (lambda: sync_batch_norm_forward(np.ones((1 if RANK == 0 else 0, 3), np.float32), comm=comm), "more than one value"),
+        (lambda: sync_batch_norm_forward(np.ones((4, 6), np.float32)[:, ::2] if RANK == N - 1 else np.ones((4, 3), np.float32),
+                                         comm=comm), "contiguous" if RANK == N - 1 else "failed on ranks"),
+        (lambda: sync_batch_norm_backward(np.ones((4, 3), np.float64 if RANK == N - 1 else np.float32),
+                                          np.ones((4, 3), np.float32), None, np.zeros(3, np.float32),
+                                          np.ones(3, np.float32), comm=comm), "dy" if RANK == N - 1 else "failed on ranks")]:
     try:
         make()
     except (TypeError, ValueError) as exc:

@@ -9,7 +9,8 @@ A rank may hold zero samples. Without ``training`` nothing is communicated.
 """
 import numpy as np
 
-from .. import _checks
+from .. import _backend, _checks
+from .._dtypes import CODE_FLOAT64, bfloat16_bits, dtype_code
 from ..batchnorm import BatchNorm, batch_norm_backward, batch_norm_forward
 from ._mpi import agree_descriptor, check_comm, mpi
 
@@ -17,18 +18,51 @@ from ._mpi import agree_descriptor, check_comm, mpi
 _UNIT_EPS = 2.0 ** -10  # (1 - eps) + eps == 1 exactly in float32 and float64
 
 
-def _layout(x, axis):
-    """(outer, channels, inner) view of x, and the stats dtype; raises before any collective."""
+def _host(a):
+    """A NumPy copy of a small per-channel array (CuPy arrays come to the host)."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _layout(x, axis, x_dtype):
+    """(outer, channels, inner) view of x, its array module and the statistics dtype; every check
+    that the kernels would make later is made here, before any collective."""
+    kind = _backend.array_kind(x)
+    if kind is None:
+        raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
     if not hasattr(x, "ndim") or x.ndim not in (2, 3, 4):
         raise ValueError("x must have 2, 3 or 4 dimensions ((N, C), (N, C, L), (N, C, H, W) or channels-last)")
     if isinstance(axis, bool) or axis not in (1, -1, x.ndim - 1):
         raise ValueError(f"axis must be 1 (channels first) or -1 (channels last), got {axis!r}")
+    code = dtype_code(x.dtype, x_dtype)
+    if code is None:
+        raise TypeError(f"x has dtype {x.dtype}; expected float32, float64, float16 or bfloat16")
+    if not x.flags.c_contiguous:
+        raise TypeError("x must be C-contiguous")
+    xp = _backend.array_module(kind)
+    channels = x.shape[1] if axis == 1 else x.shape[-1]
     if axis == 1:
-        view = x.reshape(x.shape[0], x.shape[1], -1) if x.size else np.zeros((0, x.shape[1], 1), x.dtype)
+        view = x.reshape(x.shape[0], channels, -1) if x.size else xp.zeros((0, channels, 1), x.dtype)
     else:
-        view = x.reshape(-1, x.shape[-1], 1)
-    stat = np.float64 if x.dtype == np.float64 else np.float32
-    return view, stat
+        view = x.reshape(-1, channels, 1)
+    stat = np.dtype(np.float64 if code == CODE_FLOAT64 else np.float32)
+    return view, xp, stat
+
+
+def _check_like(name, a, x, writable=False):
+    if _backend.array_kind(a) != _backend.array_kind(x) or a.shape != x.shape or a.dtype != x.dtype:
+        raise ValueError(f"{name} must be an array of x's kind, shape {tuple(x.shape)} and dtype {x.dtype}")
+    if not a.flags.c_contiguous or (writable and not a.flags.writeable):
+        raise TypeError(f"{name} must be C-contiguous{' and writable' if writable else ''}")
+
+
+def _check_channels(named, x, channels, stat):
+    for name, a in named:
+        if a is None:
+            continue
+        if (_backend.array_kind(a) != _backend.array_kind(x) or getattr(a, "shape", None) != (channels,)
+                or a.dtype != stat or not a.flags.c_contiguous):
+            raise TypeError(f"{name} must be a contiguous ({channels},) array of {stat} for {x.dtype} data, "
+                            f"of x's array kind")
 
 
 def _gather(comm, header, rows):
@@ -80,70 +114,84 @@ def merge_moments(counts, means, m2s):
     return int(n), mean, m2
 
 
-def _local_moments(x, view, stat, eps, axis, scratch, backend):
+def _widened(a, x_dtype):
+    """float64 values of a host array (half bits stored as uint16 included)."""
+    if x_dtype is None:
+        return a.astype(np.float64)
+    if str(x_dtype) == "float16":
+        return a.view(np.float16).astype(np.float64)
+    return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def _local_moments(x, view, xp, stat, eps, axis, scratch, x_dtype, backend):
     """This rank's per-channel mean (a float64 sum) and M2 (from the fused kernel's variance,
     which it computes from shifted float64 sums, exact for any offset of the data)."""
-    count = view.shape[0] * view.shape[2]
-    channels = view.shape[1]
+    count, channels = view.shape[0] * view.shape[2], view.shape[1]
     if count == 0:
         return np.zeros(channels), np.zeros(channels)
-    mean = view.sum(axis=(0, 2), dtype=np.float64) / count
     if count == 1:
-        return mean, np.zeros(channels)
-    # momentum=1 leaves the batch's unbiased variance in the running variance; y goes to scratch.
-    running_mean, running_var = np.zeros(channels, stat), np.zeros(channels, stat)
+        return _widened(_host(view.reshape(channels)), x_dtype), np.zeros(channels)
+    # momentum=1 leaves the batch's mean and unbiased variance in the running statistics; y goes to scratch.
+    running_mean, running_var = xp.zeros(channels, stat), xp.zeros(channels, stat)
     batch_norm_forward(x, None, None, running_mean, running_var, training=True, momentum=1.0, eps=eps,
-                       axis=axis, out=scratch, backend=backend)
-    return mean, running_var.astype(np.float64) * (count - 1)
+                       axis=axis, out=scratch, x_dtype=x_dtype, backend=backend)
+    if x_dtype is None:
+        mean = _host(view.sum(axis=(0, 2), dtype=np.float64)) / count
+    else:  # half bits stored as uint16 (CuPy): the kernel's mean, rounded to float32
+        mean = _host(running_mean).astype(np.float64)
+    return mean, _host(running_var).astype(np.float64) * (count - 1)
 
 
 def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, comm,
-                            training=True, momentum=0.1, eps=1e-5, axis=1, out=None, backend=None):
+                            training=True, momentum=0.1, eps=1e-5, axis=1, out=None, x_dtype=None, backend=None):
     """Batch norm over the union of every rank's batch; returns ``(y, save_mean, save_invstd)``.
 
-    Arguments as :func:`fastopt.batch_norm_forward`, plus ``comm``. ``x`` may have zero samples on
-    some ranks. Running statistics are updated as one process over the concatenated batch would
-    (unbiased variance with the global count). Every rank of ``comm`` must call it together.
+    Arguments as :func:`fastopt.batch_norm_forward`, plus ``comm`` (an mpi4py communicator; CuPy
+    arrays work too, their per-channel statistics travel through the host). ``x`` may have zero
+    samples on some ranks. Running statistics are updated as one process over the concatenated
+    batch would (unbiased variance with the global count). Every rank of ``comm`` calls it together.
     """
     if not training:
         return batch_norm_forward(x, weight, bias, running_mean, running_var, training=False, momentum=momentum,
-                                  eps=eps, axis=axis, out=out, backend=backend)
+                                  eps=eps, axis=axis, out=out, x_dtype=x_dtype, backend=backend)
     comm = check_comm(comm)
 
     def check():
-        view, stat = _layout(x, axis)
-        for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                        ("running_var", running_var)):
-            if a is not None and (getattr(a, "shape", None) != (view.shape[1],) or a.dtype != stat):
-                raise TypeError(f"{name} must be a ({view.shape[1]},) array of {np.dtype(stat)} for {x.dtype} data")
+        view, xp, stat = _layout(x, axis, x_dtype)
+        _check_channels([("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                         ("running_var", running_var)], x, view.shape[1], stat)
         if (running_mean is None) != (running_var is None):
             raise ValueError("running_mean and running_var must be given together")
-        return view, stat, _checks.positive("eps", eps), _checks.unit_interval("momentum", momentum, closed=True)
-    view, stat, eps_, momentum_ = _checked(comm, check)
+        if out is not None:
+            _check_like("out", out, x, writable=True)
+        return view, xp, stat, _checks.positive("eps", eps), _checks.unit_interval("momentum", momentum, closed=True)
+    view, xp, stat, eps_, momentum_ = _checked(comm, check)
     count = view.shape[0] * view.shape[2]
-    y = np.empty_like(x) if out is None else out
-    mean, m2 = _local_moments(x, view, stat, eps_, axis, y, backend)
+    y = xp.empty_like(x) if out is None else out
+    mean, m2 = _local_moments(x, view, xp, stat, eps_, axis, y, x_dtype, backend)
     counts, rows = _gather(comm, [view.shape[1], count, 0], np.stack([mean, m2]))
     total, mean, m2 = merge_moments(counts.tolist(), rows[:, 0], rows[:, 1])
     if total < 2:
         raise ValueError(f"training needs more than one value per channel over all ranks (got {total}): "
                          "the batch variance is undefined")
     var = m2 / total
-    save_mean, save_var = mean.astype(stat), var.astype(stat)
+    save_mean, save_var = xp.asarray(mean.astype(stat)), xp.asarray(var.astype(stat))
     if count:  # the fused kernel, normalizing with the given (global) statistics
         y, save_mean, save_invstd = batch_norm_forward(x, weight, bias, save_mean, save_var, training=False,
-                                                       eps=eps_, axis=axis, out=y, backend=backend)
+                                                       eps=eps_, axis=axis, out=y, x_dtype=x_dtype, backend=backend)
     else:  # nothing to normalize here; the statistics as the kernel would give them
-        save_invstd = (1.0 / np.sqrt(save_var.astype(np.float64) + eps_)).astype(stat)
+        save_invstd = xp.asarray((1.0 / np.sqrt(var.astype(stat).astype(np.float64) + eps_)).astype(stat))
     if running_mean is not None:
-        running_mean[...] = ((1.0 - momentum_) * running_mean.astype(np.float64) + momentum_ * mean).astype(stat)
+        new_mean = (1.0 - momentum_) * _host(running_mean).astype(np.float64) + momentum_ * mean
         unbiased = var * (total / (total - 1))
-        running_var[...] = ((1.0 - momentum_) * running_var.astype(np.float64) + momentum_ * unbiased).astype(stat)
+        new_var = (1.0 - momentum_) * _host(running_var).astype(np.float64) + momentum_ * unbiased
+        running_mean[...] = xp.asarray(new_mean.astype(stat))
+        running_var[...] = xp.asarray(new_var.astype(stat))
     return y, save_mean, save_invstd
 
 
 def sync_batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, comm, axis=1, training=True, out=None,
-                             backend=None):
+                             x_dtype=None, backend=None):
     """Backward of :func:`sync_batch_norm_forward`; returns ``(dx, dweight, dbias)``.
 
     ``dx`` uses the sums over every rank; ``dweight`` and ``dbias`` are this rank's own sums (its
@@ -151,27 +199,30 @@ def sync_batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, comm, axi
     """
     if not training:
         return batch_norm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, training=False, out=out,
-                                   backend=backend)
+                                   x_dtype=x_dtype, backend=backend)
     comm = check_comm(comm)
 
     def check():
-        view, stat = _layout(x, axis)
-        if getattr(dy, "shape", None) != x.shape or dy.dtype != x.dtype:
-            raise ValueError(f"dy must have x's shape {x.shape} and dtype {x.dtype}")
+        view, xp, stat = _layout(x, axis, x_dtype)
+        _check_like("dy", dy, x)
+        if out is not None:
+            _check_like("out", out, x, writable=True)
         if save_mean is None or save_invstd is None:
             raise TypeError("save_mean and save_invstd are required (as returned by sync_batch_norm_forward)")
-        return view, stat
-    view, stat = _checked(comm, check)
+        _check_channels([("weight", weight), ("save_mean", save_mean), ("save_invstd", save_invstd)], x,
+                        view.shape[1], stat)
+        return view, xp, stat
+    view, xp, stat = _checked(comm, check)
     count, channels = view.shape[0] * view.shape[2], view.shape[1]
-    dx_out = np.empty_like(x) if out is None else out
+    dx_out = xp.empty_like(x) if out is None else out
     sum_dy, sum_dy_xhat = np.zeros(channels), np.zeros(channels)
+    w = xp.ones(channels, stat) if weight is None else weight
     if count:
         # The kernel's evaluation backward: dx = weight invstd dy, and this rank's sum(dy * xhat)
         # and sum(dy) (float64 sums about the given mean), in one pass.
-        w = np.ones(channels, stat) if weight is None else weight
         _, local_dw, local_db = batch_norm_backward(dy, x, w, save_mean, save_invstd, axis=axis, training=False,
-                                                    out=dx_out, backend=backend)
-        sum_dy, sum_dy_xhat = local_db.astype(np.float64), local_dw.astype(np.float64)
+                                                    out=dx_out, x_dtype=x_dtype, backend=backend)
+        sum_dy, sum_dy_xhat = _host(local_db).astype(np.float64), _host(local_dw).astype(np.float64)
     counts, rows = _gather(comm, [channels, count, 0], np.stack([sum_dy, sum_dy_xhat]))
     total = float(counts.sum())
     global_dy, global_dy_xhat = rows[0, 0].copy(), rows[0, 1].copy()
@@ -181,18 +232,31 @@ def sync_batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, comm, axi
     if count:
         # dx = w invstd dy - [w invstd^2 sum_dy_xhat / M (x - mean) + w invstd sum_dy / M]. The
         # bracket is a per-channel affine map of x, which the evaluation forward kernel computes
-        # (x - mean) first, with variance 1 - eps so that it scales by the given weight.
-        invstd = np.asarray(save_invstd, np.float64)
-        w64 = np.asarray(w, np.float64)
-        x_coef = (w64 * invstd * invstd * global_dy_xhat / total).astype(stat)
-        offset = (w64 * invstd * global_dy / total).astype(stat)
-        unit = np.full(channels, 1.0 - _UNIT_EPS, stat)
-        correction, _, _ = batch_norm_forward(x, x_coef, offset, np.asarray(save_mean, stat), unit, training=False,
-                                              eps=_UNIT_EPS, axis=axis, backend=backend)
-        dx_out -= correction
+        # (x - mean first), given variance 1 - eps so that it scales by exactly the given weight.
+        invstd, w64 = _host(save_invstd).astype(np.float64), _host(w).astype(np.float64)
+        x_coef = xp.asarray((w64 * invstd * invstd * global_dy_xhat / total).astype(stat))
+        offset = xp.asarray((w64 * invstd * global_dy / total).astype(stat))
+        unit = xp.full(channels, 1.0 - _UNIT_EPS, stat)
+        correction, _, _ = batch_norm_forward(x, x_coef, offset, save_mean.copy(), unit, training=False,
+                                              eps=_UNIT_EPS, axis=axis, x_dtype=x_dtype, backend=backend)
+        _subtract(dx_out, correction, x_dtype, xp)
     if weight is None:
         return dx_out, None, None
-    return dx_out, sum_dy_xhat.astype(stat), sum_dy.astype(stat)
+    return dx_out, xp.asarray(sum_dy_xhat.astype(stat)), xp.asarray(sum_dy.astype(stat))
+
+
+def _subtract(dx, correction, x_dtype, xp):
+    if x_dtype is None:
+        dx -= correction
+        return
+    # half bits stored as uint16 (CuPy): widen, subtract in float32, round to nearest even
+    widen = (lambda a: a.view(xp.float16).astype(xp.float32)) if str(x_dtype) == "float16" else (
+        lambda a: (a.astype(xp.uint32) << 16).view(xp.float32))
+    result = widen(dx) - widen(correction)
+    if str(x_dtype) == "float16":
+        dx[...] = result.astype(xp.float16).view(xp.uint16)
+    else:
+        dx[...] = bfloat16_bits(result, xp)
 
 
 class SyncBatchNorm(BatchNorm):
