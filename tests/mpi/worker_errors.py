@@ -61,11 +61,22 @@ raises(ValueError, ["grad", f"{P} elements"], lambda: opt.step(np.zeros(P + 1, n
 raises(ValueError, ["grad", "float32"], lambda: opt.step(np.zeros(P, np.float64)))
 raises(ValueError, ["max_grad_norm"], lambda: opt.step(np.zeros(P, np.float32), max_grad_norm=-1))
 opt.step(np.zeros(P, np.float32))  # still usable: nothing was half done
+# Per step: one rank's grad that does not fit, or arguments that differ, fail on every rank.
+good = np.zeros(P, np.float32)
+raises(ValueError, ["grad", f"on rank {N - 1}"] if N > 1 else ["grad"],
+       lambda: opt.step(np.zeros(P + LAST, np.float32)))
+if N > 1:
+    raises(ValueError, ["different arguments", f"ranks [{N - 1}]"], lambda: opt.step(good, max_grad_norm=1.0 if LAST else None))
+    raises(ValueError, ["different arguments"], lambda: opt.step(good, grad_scale=2.0 if LAST else 1.0))
+    opt.lr = 0.5 if LAST else 1e-3
+    raises(ValueError, ["different arguments"], lambda: opt.step(good))
+    opt.lr = 1e-3
+opt.step(good)
 # state_dict() is this rank's shard; it loads back at the same layout only.
 sd = opt.state_dict()
 opt.step(np.ones(P, np.float32))
 opt.load_state_dict(sd)
-assert opt.state["step"] == 1 and np.array_equal(opt.state["exp_avg"], sd["state"]["exp_avg"]), "state_dict"
+assert opt.state["step"] == sd["state"]["step"] and np.array_equal(opt.state["exp_avg"], sd["state"]["exp_avg"]), "state_dict"
 CHECKS += 1
 other = sharded(size=P + 16 * 8192)
 raises(ValueError, ["shard", "save() / load()"], lambda: other.load_state_dict(sd))

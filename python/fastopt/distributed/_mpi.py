@@ -44,6 +44,21 @@ def agree(comm, error):
         raise cls(f"fastopt.distributed: {message} (on rank {rank}; failing ranks: {ranks})")
 
 
+def agree_step(comm, fingerprint, error):
+    """The per-step form of agree(): one Allgather of two int64 per rank, the step's arguments'
+    fingerprint and a failure flag; the messages travel only when something is wrong."""
+    MPI = mpi()
+    mine = np.array([fingerprint, error is not None], np.int64)
+    every = np.empty((comm.Get_size(), 2), np.int64)
+    comm.Allgather([mine, MPI.INT64_T], [every, MPI.INT64_T])
+    if not every[:, 1].any() and (every[:, 0] == every[0, 0]).all():
+        return
+    agree(comm, error)  # every rank takes this branch together
+    differ = [r for r in range(len(every)) if every[r, 0] != every[0, 0]]
+    raise ValueError(f"fastopt.distributed: the ranks called step() with different arguments or "
+                     f"hyper-parameters (ranks {differ} differ from rank 0)")
+
+
 def agree_descriptor(comm, descriptor, what):
     """Raises on every rank unless every rank passed the same descriptor (a JSON-able dict)."""
     text = json.dumps(descriptor, sort_keys=True)

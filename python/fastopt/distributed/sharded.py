@@ -7,13 +7,14 @@ order, each rank steps its shard with a plain fastopt optimizer, and the paramet
 all-gathered in place. The plain optimizers are used only through their public API.
 """
 import math
+import zlib
 
 import numpy as np
 
 from .. import _backend, _checks, _dtypes
 from .._scalars import clip_factor
 from . import _layout
-from ._mpi import MpiTransport, agree, agree_descriptor
+from ._mpi import MpiTransport, agree, agree_descriptor, agree_step
 
 
 def _jsonable(value):
@@ -73,11 +74,15 @@ class ShardedOptimizer:
     sum (for half gradients that could overflow; costs one pass and a scratch buffer).
     ``deterministic``: sums rank contributions in rank order, so parameters are bitwise those of
     one process summing the gradients in rank order. ``grad_dtype``: the gradient's dtype
-    (default: param's).
+    (default: param's). ``check_steps``: each step starts with an Allgather of 16 bytes per rank
+    (a fingerprint of the step's arguments, hyper-parameters and step count, and a failure flag),
+    so that a rank that differs, or fails its checks, raises on every rank instead of leaving
+    the others in a collective it never enters.
     """
 
     def __init__(self, optimizer_class, param, comm, *, deterministic=False, average=True, predivide=False,
-                 grad_dtype=None, transport=None, **options):
+                 grad_dtype=None, transport=None, check_steps=True, **options):
+        self.check_steps = bool(check_steps)
         self._transport = transport if transport is not None else MpiTransport(comm)
         t = self._transport
         self.rank, self.ranks = t.rank, t.size
@@ -293,13 +298,27 @@ class ShardedOptimizer:
         if average else grad_scale, ...)`` on one process. With ``skip_nonfinite`` every rank
         skips, or none does.
         """
-        max_grad_norm = _checks.optional_positive("max_grad_norm", max_grad_norm)
-        _checks.grad_scale(grad_scale)  # raises on a zero or non-finite scale
-        scale = 1.0 if grad_scale is None else float(grad_scale)
-        if self.average and not self.predivide:
-            scale *= self.ranks
-        inv_scale = _checks.grad_scale(scale)
-        grad = self._check_grad(grad)
+        error = None
+        try:
+            max_grad_norm = _checks.optional_positive("max_grad_norm", max_grad_norm)
+            _checks.grad_scale(grad_scale)  # raises on a zero or non-finite scale
+            scale = 1.0 if grad_scale is None else float(grad_scale)
+            if self.average and not self.predivide:
+                scale *= self.ranks
+            inv_scale = _checks.grad_scale(scale)
+            grad = self._check_grad(grad)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        if self.ranks > 1 and self.check_steps:
+            # Ranks that disagree would enter different collectives: raise on every rank instead.
+            try:
+                agree_step(self._transport.comm, self._fingerprint(grad_scale, max_grad_norm, skip_nonfinite), error)
+            except (TypeError, ValueError):
+                self._transport.wait([req for _, _, req in self._pending])
+                self._pending.clear()
+                raise
+        elif error is not None:
+            raise error
         shard_grad = self._reduce(grad)
         norm = None
         if max_grad_norm is not None or skip_nonfinite:
@@ -319,6 +338,13 @@ class ShardedOptimizer:
         self.last_step_skipped = False
         self._transport.allgather_in_place(self._flat, self.layout.counts, self.layout.offsets)
         return norm
+
+    def _fingerprint(self, grad_scale, max_grad_norm, skip_nonfinite):
+        """What every rank must pass to step() alike, hashed to 63 bits."""
+        opt = self._opts[0][2]
+        text = repr((grad_scale, max_grad_norm, bool(skip_nonfinite), opt.state["step"], len(self._pending),
+                     [getattr(opt, name) for name in self._hyper_names]))
+        return zlib.crc32(text.encode()) | (len(text) << 32)
 
     # ---- checkpoints ----
     def save(self, path):
