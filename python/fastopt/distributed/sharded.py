@@ -312,6 +312,7 @@ class ShardedOptimizer:
         if self.ranks > 1 and self.check_steps:
             # Ranks that disagree would enter different collectives: raise on every rank instead.
             try:
+                self._transport.bytes_sent += 16 * (self.ranks - 1)
                 agree_step(self._transport.comm, self._fingerprint(grad_scale, max_grad_norm, skip_nonfinite), error)
             except (TypeError, ValueError):
                 self._transport.wait([req for _, _, req in self._pending])
