@@ -1,11 +1,17 @@
 """Train a small MLP with BatchNorm on scikit-learn's bundled 8x8 digits with fastopt.
 
     python examples/train_digits.py --optimizer adamw --epochs 30 --plot loss.png
+    mpiexec -n 2 python -m mpi4py examples/train_digits.py --distributed   # data-parallel
 
 The model is Linear(64, 128) -> BatchNorm -> ReLU -> Linear(128, 10) -> softmax cross-entropy,
 written in NumPy. Every trainable tensor lives in one fastopt.FlatParams buffer, so each step of
 the whole model is a single fused optimizer call. The data set ships with scikit-learn: nothing
 is downloaded.
+
+With ``--distributed`` (under mpiexec) every rank takes its part of each global batch:
+BatchNorm becomes SyncBatchNorm (statistics of the whole global batch) and the optimizer a
+fastopt.distributed.ShardedOptimizer (each rank keeps the state of one shard), so training
+follows the single-process run with the same global batch.
 """
 import argparse
 import time
@@ -40,7 +46,8 @@ def load_digits_split(seed):
 
 
 class MLP:
-    def __init__(self, hidden, rng):
+    def __init__(self, hidden, rng, comm=None):
+        self.comm = comm  # an MPI communicator: batch statistics over every rank's samples
         self.params = fastopt.FlatParams([(64, hidden), (hidden,), (hidden,), (hidden,), (hidden, 10), (10,)])
         self.w1, self.b1, self.gamma, self.beta, self.w2, self.b2 = self.params.views
         (self.gw1, self.gb1, self.ggamma, self.gbeta, self.gw2, self.gb2) = self.params.grad_views
@@ -52,8 +59,13 @@ class MLP:
 
     def forward(self, x, training):
         h = x @ self.w1 + self.b1
-        z, mean, invstd = fastopt.batch_norm_forward(h, self.gamma, self.beta, self.running_mean, self.running_var,
-                                                     training=training, momentum=0.1, eps=1e-5)
+        if self.comm is not None:
+            from fastopt.distributed import sync_batch_norm_forward
+            z, mean, invstd = sync_batch_norm_forward(h, self.gamma, self.beta, self.running_mean, self.running_var,
+                                                      comm=self.comm, training=training, momentum=0.1, eps=1e-5)
+        else:
+            z, mean, invstd = fastopt.batch_norm_forward(h, self.gamma, self.beta, self.running_mean,
+                                                         self.running_var, training=training, momentum=0.1, eps=1e-5)
         a = np.maximum(z, 0)
         logits = a @ self.w2 + self.b2
         return logits, (x, h, z, a, mean, invstd)
@@ -63,31 +75,47 @@ class MLP:
         self.gw2[...] = a.T @ dlogits
         self.gb2[...] = dlogits.sum(axis=0)
         dz = (dlogits @ self.w2.T) * (z > 0)
-        dh, dgamma, dbeta = fastopt.batch_norm_backward(dz, h, self.gamma, mean, invstd)
+        if self.comm is not None:
+            from fastopt.distributed import sync_batch_norm_backward
+            dh, dgamma, dbeta = sync_batch_norm_backward(dz, h, self.gamma, mean, invstd, comm=self.comm)
+        else:
+            dh, dgamma, dbeta = fastopt.batch_norm_backward(dz, h, self.gamma, mean, invstd)
         self.ggamma[...] = dgamma
         self.gbeta[...] = dbeta
         self.gw1[...] = x.T @ dh
         self.gb1[...] = dh.sum(axis=0)
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, total=None):
+    """Mean loss and its gradient; ``total``: the global batch size this part belongs to."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     probs = exp / exp.sum(axis=1, keepdims=True)
     n = labels.size
-    loss = -np.log(probs[np.arange(n), labels] + 1e-12).mean()
+    loss = -np.log(probs[np.arange(n), labels] + 1e-12).sum() / (total or n)
     dlogits = probs
     dlogits[np.arange(n), labels] -= 1
-    return float(loss), (dlogits / n).astype(np.float32)
+    return float(loss), (dlogits / (total or n)).astype(np.float32)
 
 
-def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_grad_norm=5.0, verbose=True):
-    """Returns (test accuracy, per-epoch mean training losses)."""
+def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_grad_norm=5.0, verbose=True,
+          comm=None):
+    """Returns (test accuracy, per-epoch mean training losses).
+
+    ``comm``: an mpi4py communicator to train data-parallel; every rank draws the same global
+    batches and takes its contiguous part of each (the gradients are summed, not averaged,
+    since each part's loss is already divided by the global batch size).
+    """
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed)
-    model = MLP(hidden, rng)
+    model = MLP(hidden, rng, comm)
     cls, hyper = OPTIMIZERS[optimizer]
-    opt = cls(model.params.data, **hyper)
+    if comm is None:
+        opt = cls(model.params.data, **hyper)
+    else:
+        from fastopt.distributed import ShardedOptimizer
+        opt = ShardedOptimizer(cls, model.params.data, comm, average=False, deterministic=True, **hyper)
+    rank, ranks = (0, 1) if comm is None else (comm.rank, comm.size)
     schedule = fastopt.schedules.Scheduler(
         opt, lambda t, lr0=hyper["lr"], total=epochs * (len(y_train) // batch_size):
         fastopt.schedules.cosine(t, lr0, total, lr0 * 0.05))
@@ -97,14 +125,15 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
         epoch_loss = []
         for start in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[start:start + batch_size]
+            idx = idx[rank * batch_size // ranks:(rank + 1) * batch_size // ranks]  # this rank's part
             logits, cache = model.forward(x_train[idx], training=True)
-            loss, dlogits = softmax_cross_entropy(logits, y_train[idx])
+            loss, dlogits = softmax_cross_entropy(logits, y_train[idx], total=batch_size)
             model.backward(dlogits, cache)
             opt.step(model.params.grad, max_grad_norm=max_grad_norm)
             schedule.step()
-            epoch_loss.append(loss)
+            epoch_loss.append(loss if comm is None else comm.allreduce(loss))
         losses.append(float(np.mean(epoch_loss)))
-        if verbose:
+        if verbose and rank == 0:
             print(f"epoch {epoch + 1:3d}  loss {losses[-1]:.4f}")
     logits, _ = model.forward(x_test, training=False)
     accuracy = float((logits.argmax(axis=1) == y_test).mean())
@@ -118,10 +147,19 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="PNG", help="save the training-loss curve to this file")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over MPI.COMM_WORLD (launch with mpiexec -n N python -m mpi4py ...)")
     args = parser.parse_args(argv)
+    comm = None
+    if args.distributed:
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
     start = time.perf_counter()
-    accuracy, losses = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed)
-    print(f"{args.optimizer}: test accuracy {accuracy:.4f} after {args.epochs} epochs "
+    accuracy, losses = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm)
+    if comm is not None and comm.rank != 0:
+        return accuracy
+    ranks = f" on {comm.size} ranks" if comm is not None else ""
+    print(f"{args.optimizer}: test accuracy {accuracy:.4f} after {args.epochs} epochs{ranks} "
           f"({time.perf_counter() - start:.1f} s)")
     if args.plot:
         import matplotlib

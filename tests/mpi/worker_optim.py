@@ -1,0 +1,167 @@
+"""Run under mpiexec: every optimizer and dtype combination sharded against the plain optimizer on
+one process (the same per-rank gradients summed in rank order). Prints 'OK <n> checks' per rank."""
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import fastopt
+from fastopt.distributed import ShardedOptimizer, predivided
+from fastopt.distributed._layout import NORM_BLOCK
+
+try:
+    from ml_dtypes import bfloat16
+except ImportError:  # pragma: no cover
+    bfloat16 = None
+
+comm = MPI.COMM_WORLD
+N, RANK = comm.size, comm.rank
+P = 2 * 3 * NORM_BLOCK + 1234  # shards of 2 blocks at N = 3, a short last shard; several at N = 2, 4
+STEPS = 3
+CHECKS = 0
+
+CONFIGS = [
+    (fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (fastopt.Adagrad, dict(lr=0.05, lr_decay=1e-3)),
+    (fastopt.RMSprop, dict(lr=1e-2, centered=True, momentum=0.5)),
+    (fastopt.Adadelta, dict(lr=1.0)),
+    (fastopt.Adam, dict(lr=1e-2, amsgrad=True)),
+    (fastopt.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (fastopt.Adamax, dict(lr=1e-2)),
+    (fastopt.NAdam, dict(lr=1e-2)),
+    (fastopt.RAdam, dict(lr=1e-2)),
+    (fastopt.Lion, dict(lr=1e-3, weight_decay=0.1)),
+]
+
+DTYPES = [("float32", {}), ("float64", {}), ("float16", dict(master_weights=True))]
+if bfloat16 is not None:
+    DTYPES += [("bfloat16", dict(master_weights=True)), ("bfloat16", dict(stochastic_rounding=True, seed=7))]
+
+
+def check(condition, what):
+    global CHECKS
+    CHECKS += 1
+    if not condition:
+        raise AssertionError(f"rank {RANK} of {N}: {what}")
+
+
+def same_on_every_rank(a, what):
+    digests = comm.allgather(np.asarray(a).tobytes())
+    check(all(d == digests[0] for d in digests), f"{what}: ranks differ")
+
+
+def data(dtype, seed):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(P).astype(np.float32).astype(dtype)
+    grads = [[(rng.standard_normal(P) * 3).astype(np.float32).astype(dtype) for _ in range(N)]
+             for _ in range(STEPS)]
+    return p0, grads
+
+
+def rank_order_sum(parts):
+    total = parts[0].copy()
+    for g in parts[1:]:
+        np.add(total, g, out=total)
+    return total
+
+
+def bits(a):
+    return a.view(np.uint8)
+
+
+def run_pair(cls, options, dtype, *, deterministic, step_kw, average=True, predivide=False, seed=1,
+             buckets=None, inf_at=None):
+    """(sharded param, reference param, sharded opt, reference opt) after STEPS steps."""
+    p0, grads = data(dtype, seed)
+    if inf_at is not None:
+        grads[inf_at][N - 1][5] = np.inf
+    param, ref = p0.copy(), p0.copy()
+    opt = ShardedOptimizer(cls, param, comm, deterministic=deterministic, average=average,
+                           predivide=predivide, **options)
+    plain = cls(ref, **options)
+    for t, parts in enumerate(grads):
+        if t == 1:  # a hyper-parameter changed between steps reaches every shard
+            opt.lr = plain.lr = plain.lr * 0.5
+        if predivide:
+            parts_ref = [predivided(g, N) for g in parts]
+            scale = step_kw.get("grad_scale")
+        else:
+            parts_ref = parts
+            scale = (step_kw.get("grad_scale") or 1.0) * (N if average else 1)
+        g = parts[RANK]
+        for a, b in buckets or ():
+            opt.reduce_bucket(g, a, b)
+        norm = opt.step(g, **step_kw)
+        norm_ref = plain.step(rank_order_sum(parts_ref), **{**step_kw, "grad_scale": scale})
+        check((norm is None) == (norm_ref is None), "a norm is returned when the plain step returns one")
+        check(opt.last_step_skipped == plain.last_step_skipped, "skipped on every rank as on one process")
+        if norm is not None and deterministic:
+            check(norm == norm_ref or (norm != norm and norm_ref != norm_ref), f"norm {norm} != {norm_ref}")
+    same_on_every_rank(bits(param), f"{cls.__name__} {dtype}")
+    return param, ref, opt, plain
+
+
+def main():
+    for cls, options in CONFIGS:
+        for dtype_name, extra in DTYPES:
+            dtype = bfloat16 if dtype_name == "bfloat16" else np.dtype(dtype_name)
+            kw = {**options, **extra}
+            name = f"{cls.__name__} {dtype_name} {extra}"
+            # Deterministic: bitwise, with clipping (active at max_grad_norm=100) and a loss scale.
+            step_kw = dict(max_grad_norm=100.0, grad_scale=4.0)
+            param, ref, opt, plain = run_pair(cls, kw, dtype, deterministic=True, step_kw=step_kw)
+            clip_ok = dtype_name != "float64"  # see docs/distributed.md: float64 clip factor
+            if clip_ok:
+                check(np.array_equal(bits(param), bits(ref)), f"{name}: deterministic differs from one process")
+            else:
+                check(np.allclose(param, ref, rtol=1e-13, atol=1e-13), f"{name}: deterministic float64")
+            o, c = opt.shard
+            for key, value in plain.state.items():
+                mine = opt.state[key]
+                if hasattr(value, "shape"):
+                    if clip_ok:
+                        check(np.array_equal(bits(mine), bits(value[o:o + c])), f"{name}: state {key}")
+                else:
+                    check(mine == value, f"{name}: state {key} {mine} != {value}")
+            # Without clipping every dtype is bitwise, float64 included.
+            param, ref, _, _ = run_pair(cls, kw, dtype, deterministic=True, step_kw=dict(grad_scale=2.0), seed=2)
+            check(np.array_equal(bits(param), bits(ref)), f"{name}: deterministic (no clipping)")
+            # Fast mode: MPI's order of addition; within the dtype's rounding.
+            param, ref, _, _ = run_pair(cls, kw, dtype, deterministic=False, step_kw=dict(max_grad_norm=100.0))
+            tol = {"float64": 1e-10, "float32": 1e-4}.get(dtype_name, 5e-2)
+            diff = np.abs(param.astype(np.float64) - ref.astype(np.float64)).max()
+            check(diff <= tol * (1 + np.abs(ref.astype(np.float64)).max()), f"{name}: fast mode off by {diff}")
+
+    # Sum instead of mean, pre-division, skipping on every rank, ZeRO-2 buckets.
+    for dtype in [np.float32, np.float16]:
+        extra = {} if dtype == np.float32 else dict(master_weights=True)
+        param, ref, _, _ = run_pair(fastopt.Adam, dict(lr=1e-2, **extra), dtype, deterministic=True,
+                                    step_kw={}, average=False)
+        check(np.array_equal(bits(param), bits(ref)), f"sum of gradients, {dtype}")
+        param, ref, _, _ = run_pair(fastopt.Adam, dict(lr=1e-2, **extra), dtype, deterministic=True,
+                                    step_kw={}, predivide=True)
+        check(np.array_equal(bits(param), bits(ref)), f"predivide, {dtype}")
+    param, ref, opt, plain = run_pair(fastopt.AdamW, dict(lr=1e-2), np.float32, deterministic=True,
+                                      step_kw=dict(skip_nonfinite=True), inf_at=1)
+    check(np.array_equal(bits(param), bits(ref)) and opt.state["step"] == plain.state["step"] == STEPS - 1,
+          "skip_nonfinite skips on every rank")
+    buckets = [(P - 5000, P), (20000, P - 5000), (100, 20000)]  # reverse layer order, [0, 100) left to step
+    for det in (True, False):
+        param, ref, _, _ = run_pair(fastopt.Adam, dict(lr=1e-2), np.float32, deterministic=det, step_kw={},
+                                    buckets=buckets)
+        if det:
+            check(np.array_equal(bits(param), bits(ref)), "ZeRO-2 buckets, deterministic")
+        else:
+            check(np.allclose(param, ref, rtol=1e-4, atol=1e-5), "ZeRO-2 buckets, fast")
+    # Bytes: reduce-scatter and all-gather payloads, (N-1)/N of the padded buffer each.
+    p = np.zeros(N * 4 * NORM_BLOCK, np.float32)
+    opt = ShardedOptimizer(fastopt.SGD, p, comm, lr=0.1)
+    before = opt.bytes_sent
+    opt.step(np.ones_like(p))
+    check(opt.bytes_sent - before == 2 * (N - 1) * 4 * NORM_BLOCK * 4 + 16 * (N - 1), "bytes per step = 2 (N-1)/N P b + the step check")
+    print(f"OK {CHECKS} checks", flush=True)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
