@@ -157,3 +157,23 @@ def test_spin_setting_keeps_the_bits(spin):
     finally:
         cpu.set_spin_microseconds(before)
         fastopt.set_num_threads(before_threads)
+
+
+def test_numba_threads_start_without_leaving_settings_behind():
+    pytest.importorskip("numba")
+    out = run_python("""
+        import os, numpy as np, fastopt
+        p, g = np.ones(100_000, np.float32), np.ones(100_000, np.float32)
+        fastopt.SGD(p, lr=0.5, backend="numba").step(g)
+        import numba
+        print(np.all(p == 0.5), "GOMP_SPINCOUNT" in os.environ, os.environ.get("OMP_WAIT_POLICY"),
+              numba.get_num_threads() == fastopt.backends()["numba"]["num_threads"])
+    """)
+    assert out.split() == ["True", "False", "None", "True"]
+    # A policy the user chose is left to libgomp.
+    out = run_python("""
+        import os, numpy as np, fastopt
+        fastopt.SGD(np.ones(10, np.float32), lr=0.5, backend="numba").step(np.ones(10, np.float32))
+        print(os.environ["GOMP_SPINCOUNT"])
+    """, GOMP_SPINCOUNT="12345")
+    assert out.strip() == "12345"
