@@ -15,6 +15,8 @@ import numbers
 
 import numpy as np
 
+from . import _checks
+
 _MAX = float(np.finfo(np.float32).max)
 _TINY = float(np.finfo(np.float32).tiny)
 _KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
@@ -26,17 +28,8 @@ def _float32(value):
         return float(np.float32(value))
 
 
-def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
 def _scale_value(name, value):
-    value = _real(name, value)
+    value = _checks._real(name, value)
     if not _TINY <= value <= _MAX:
         raise ValueError(f"Invalid {name}: {value} (expected a positive scale that float32 holds, "
                          f"between {_TINY:.3g} and {_MAX:.3g})")
@@ -44,14 +37,14 @@ def _scale_value(name, value):
 
 
 def _growth_factor(value):
-    value = _real("growth_factor", value)
+    value = _checks._real("growth_factor", value)
     if not 1.0 < value < math.inf:
         raise ValueError(f"Invalid growth_factor: {value} (expected a finite value > 1)")
     return value
 
 
 def _backoff_factor(value):
-    value = _real("backoff_factor", value)
+    value = _checks._real("backoff_factor", value)
     if not 0.0 < value < 1.0:
         raise ValueError(f"Invalid backoff_factor: {value} (expected a value in (0, 1))")
     return value
