@@ -19,7 +19,7 @@ import numpy as np
 # (layer widths, batch, BatchNorm after the first layer, timed steps, warm-up steps)
 MODELS = {
     "digits-mlp-bn": ((64, 128, 10), 64, True, 400, 40),
-    "mlp-784-2048-2048-10": ((784, 2048, 2048, 10), 256, False, 30, 5),
+    "mlp-784-2048-2048-10": ((784, 2048, 2048, 10), 256, False, 12, 3),
 }
 # "torch+fastopt": the torch model and autograd, its parameters stepped by fastopt (torch's own
 # OpenMP threads and fastopt's in one process).
@@ -245,14 +245,16 @@ def run_training(models=None, impls=IMPLS, out=sys.stderr):
     return records
 
 
-def training_table(records):
-    """Markdown: ms per step by condition, the optimizer's share, fastopt's speed-ups."""
+def training_table(records, key="step_ms"):
+    """Markdown: median ms per step (or, with key="optimizer_ms", of its optimizer step) by
+    condition, and the optimizer's share of the quiet step."""
     conditions = list(dict.fromkeys(r["condition"] for r in records))
     by = {(r["model"], r["impl"], r["condition"]): r for r in records}
-    lines = ["| model | implementation | " + " | ".join(conditions) + " | optimizer share (quiet) |",
+    what = "whole step, ms" if key == "step_ms" else "optimizer step, ms"
+    lines = [f"| model ({what}) | implementation | " + " | ".join(conditions) + " | optimizer share (quiet) |",
              "|---|---|" + "---:|" * (len(conditions) + 1)]
     for model, impl in dict.fromkeys((r["model"], r["impl"]) for r in records):
-        cells = [f"{by[model, impl, c]['step_ms']:.2f}" if (model, impl, c) in by else "" for c in conditions]
+        cells = [f"{by[model, impl, c][key]:.2f}" if (model, impl, c) in by else "" for c in conditions]
         quiet = by.get((model, impl, "quiet"))
         share = f"{quiet['optimizer_ms'] / quiet['step_ms']:.0%}" if quiet else ""
         lines.append(f"| {model} | {impl} | " + " | ".join(cells) + f" | {share} |")
