@@ -51,6 +51,7 @@ LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" ASAN_OPTIONS="$ASAN_OPTIONS:log_pa
   UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$stage/report" $py -m pytest -q -p no:cacheprovider \
   tests/test_optimizers.py tests/test_mixed_precision.py tests/test_validation.py \
   tests/test_concurrency.py tests/test_large_index.py tests/test_nan_inf.py tests/test_properties.py \
+  tests/test_threads.py \
   tests/test_batchnorm.py \
   -k "not numba" "$@" || status=$?
 if compgen -G "$stage/report.*" >/dev/null; then

@@ -1,4 +1,4 @@
-"""Plain float64 NumPy implementations of ALGORITHMS.md, written from the document alone.
+"""Plain float64 NumPy implementations of docs/algorithms.md, written from the document alone.
 
 Each reference optimizer holds its state in float64 and applies the rule exactly as written
 (bias corrections with powers, no folded scalars), so that a bug in fastopt's host scalars or

@@ -1,4 +1,4 @@
-"""Every optimizer and option combination against the float64 reference of ALGORITHMS.md, on
+"""Every optimizer and option combination against the float64 reference of docs/algorithms.md, on
 every available NumPy backend, float32 and float64, odd sizes, over 50+ steps."""
 import numpy as np
 import pytest

@@ -22,7 +22,7 @@ struct StepCall {
     void* states[3];
     int64_t n;
     double scalars[12];  // the rule's per-step scalars, in its documented order
-    double grad_scale, weight_decay, decay_factor;  // ALGORITHMS.md's prologue (fastopt/math/step.h)
+    double grad_scale, weight_decay, decay_factor;  // docs/algorithms.md's prologue (fastopt/math/step.h)
     uint32_t rounding_seed;  // stochastic rounding of bfloat16 params without master weights
     int num_threads;
 };

@@ -113,5 +113,5 @@ def step_seed(seed, step):
 
 
 def clip_factor(norm, max_norm):
-    """The clip factor of ALGORITHMS.md: max_norm / (norm + 1e-6) when norm > max_norm, else 1."""
+    """The clip factor of docs/algorithms.md: max_norm / (norm + 1e-6) when norm > max_norm, else 1."""
     return max_norm / (norm + 1e-6) if norm > max_norm else 1.0

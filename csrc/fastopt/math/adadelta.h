@@ -1,5 +1,5 @@
 // AdaDelta: unit-corrected step sizes from two moving averages (Zeiler 2012;
-// ALGORITHMS.md, "AdaDelta").
+// docs/algorithms.md, "AdaDelta").
 #pragma once
 #include "common.h"
 

@@ -1,5 +1,5 @@
 // AdaGrad: per-coordinate step sizes from the running sum of squared gradients
-// (Duchi et al. 2011; ALGORITHMS.md, "AdaGrad").
+// (Duchi et al. 2011; docs/algorithms.md, "AdaGrad").
 #pragma once
 #include "common.h"
 

@@ -1,5 +1,5 @@
 // Adam and AdamW, with optional AMSGrad (Kingma & Ba 2014; Loshchilov & Hutter 2019;
-// Reddi et al. 2018; ALGORITHMS.md, "Adam / AdamW"). AdamW is Adam with the decoupled decay of
+// Reddi et al. 2018; docs/algorithms.md, "Adam / AdamW"). AdamW is Adam with the decoupled decay of
 // the shared prologue, applied by the driver.
 #pragma once
 #include "common.h"

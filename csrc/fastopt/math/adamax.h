@@ -1,5 +1,5 @@
 // Adamax: Adam with the infinity norm in place of the second moment (Kingma & Ba 2014, sec. 7;
-// ALGORITHMS.md, "Adamax").
+// docs/algorithms.md, "Adamax").
 #pragma once
 #include "common.h"
 

@@ -142,7 +142,7 @@ template <class T> FASTOPT_HD T fo_abs(T a) { return a < T(0) ? -a : a; }
 // sign(x) in {-1, 0, 1}; NaN maps to NaN (torch.sign semantics).
 template <class T> FASTOPT_HD T fo_sign(T a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : a * T(0)); }
 
-// The gradient as every rule sees it (ALGORITHMS.md, shared prologue): sign for maximize, loss
+// The gradient as every rule sees it (docs/algorithms.md, shared prologue): sign for maximize, loss
 // unscaling and the clip factor arrive folded into one scale; coupled L2 decay adds wd * p.
 // The condition is a float comparison, not a bool flag: GCC fails to vectorise loops that mix
 // 16- and 32-bit data with a select on an invariant bool. wd * p is skipped, not multiplied by

@@ -1,5 +1,5 @@
 // Lion: the sign of an interpolated momentum (Chen et al. 2023, "Symbolic Discovery of
-// Optimization Algorithms"; ALGORITHMS.md, "Lion"). Weight decay is decoupled.
+// Optimization Algorithms"; docs/algorithms.md, "Lion"). Weight decay is decoupled.
 #pragma once
 #include "common.h"
 

@@ -1,5 +1,5 @@
 // NAdam: Adam with Nesterov momentum and the momentum-decay schedule of Dozat (2016)
-// (ALGORITHMS.md, "NAdam"). mu_t, mu_{t+1} and their running product are host scalars.
+// (docs/algorithms.md, "NAdam"). mu_t, mu_{t+1} and their running product are host scalars.
 #pragma once
 #include "common.h"
 

@@ -1,4 +1,4 @@
-// RAdam: Adam with the variance rectification of Liu et al. (2020) (ALGORITHMS.md, "RAdam").
+// RAdam: Adam with the variance rectification of Liu et al. (2020) (docs/algorithms.md, "RAdam").
 // Whether step t is rectified (rho_t > 5) and its factor r are host scalars.
 #pragma once
 #include "common.h"

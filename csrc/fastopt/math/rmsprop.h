@@ -1,5 +1,5 @@
 // RMSProp: step sizes from an exponential moving average of squared gradients (Hinton's
-// lecture 6e; Deep Learning Alg. 8.5 and 8.6; ALGORITHMS.md, "RMSProp").
+// lecture 6e; Deep Learning Alg. 8.5 and 8.6; docs/algorithms.md, "RMSProp").
 #pragma once
 #include "common.h"
 

@@ -1,4 +1,4 @@
-// SGD with optional heavy-ball or Nesterov momentum (ALGORITHMS.md, "SGD").
+// SGD with optional heavy-ball or Nesterov momentum (docs/algorithms.md, "SGD").
 #pragma once
 #include "common.h"
 

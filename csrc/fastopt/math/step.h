@@ -5,7 +5,7 @@
 
 namespace fastopt {
 
-// The shared prologue of ALGORITHMS.md in the compute type. grad_scale carries the maximize sign,
+// The shared prologue of docs/algorithms.md in the compute type. grad_scale carries the maximize sign,
 // 1 / loss_scale and the clip factor. Coupled L2 decay applies when weight_decay is nonzero (the
 // host passes 0 in decoupled mode); decay_factor is 1 - lr * weight_decay in decoupled mode and
 // exactly 1 otherwise.

@@ -1,6 +1,6 @@
 """What a user would otherwise run: NumPy with in-place ufuncs, and torch when it is installed.
 
-The NumPy optimizers follow ALGORITHMS.md line by line, in the dtype of the arrays they are given:
+The NumPy optimizers follow docs/algorithms.md line by line, in the dtype of the arrays they are given:
 in float32 they are the NumPy baseline the benchmark times; in float64 they are the reference
 every timed implementation is checked against. They take the constructor keywords of
 fastopt.optim / torch.optim, so one dict of hyper-parameters configures all three.
@@ -292,7 +292,7 @@ NUMPY_OPTIMIZERS = {
 
 
 def clip_factor(norm, max_norm):
-    """ALGORITHMS.md's clip factor (torch.nn.utils.clip_grad_norm_)."""
+    """docs/algorithms.md's clip factor (torch.nn.utils.clip_grad_norm_)."""
     return max_norm / (norm + 1e-6) if norm > max_norm else 1.0
 
 
