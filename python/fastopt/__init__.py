@@ -1,6 +1,7 @@
 """fastopt: fused, in-place optimizer and BatchNorm kernels for NumPy and CuPy training code."""
 from ._backend import BackendUnavailableError, backends, get_num_threads, set_num_threads, use_backend
 from . import functional, schedules
+from .checkpoint import load, save
 from .batchnorm import BatchNorm, batch_norm_backward, batch_norm_forward
 from .flat import FlatParams
 from .functional import StepResult
@@ -13,5 +14,5 @@ __all__ = [
     "BackendUnavailableError", "backends", "get_num_threads", "set_num_threads", "use_backend",
     "functional", "schedules", "FlatParams", "StepResult", "clip_grad_norm_", "grad_norm",
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion",
-    "batch_norm_forward", "batch_norm_backward", "BatchNorm",
+    "batch_norm_forward", "batch_norm_backward", "BatchNorm", "save", "load",
 ]
