@@ -123,7 +123,10 @@ def _checked_group(opt, i, saved, ours):
         else:
             raise ValueError(f"{where} lacks option '{name}' of {type(opt).__name__}: a state_dict of "
                              "another optimizer?")
-    checked = opt._checked_options(merged, where)
+    try:
+        checked = opt._checked_options(merged, where)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     extras = {k: copy.deepcopy(v) for k, v in saved.items() if k not in opt._options and k != "params"}
     return [int(k) for k in indices], checked, extras
 
