@@ -24,9 +24,9 @@ class Batch:
         key = (variant, arrays.param_code, arrays.grad_code, arrays.state_code, arrays.master is not None)
         self.calls.setdefault(key, []).append((arrays, row, seed))
 
-    def run(self, backend):
-        module = backend.module
-        multi = getattr(module, "multi_step", None)
+    def run(self, module):
+        multi = getattr(module, "multi_step", None) if len(self.calls) > 1 or any(
+            len(segments) > 1 for segments in self.calls.values()) else None
         for (variant, param_code, grad_code, state_code, has_master), segments in self.calls.items():
             if multi is None or len(segments) == 1:
                 for arrays, row, seed in segments:

@@ -109,6 +109,11 @@ class OptimizerCore:
         self._check_combination(checked)
         return checked
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A group's option values in one C call, to tell an untouched group at each step.
+        cls._option_values = staticmethod(operator.itemgetter(*cls._options)) if cls._options else None
+
     def _check_combination(self, h):
         """Checks between options of one group (subclasses)."""
 
@@ -118,8 +123,12 @@ class OptimizerCore:
         cached = self._group_cache[i]
         if cached is not None:
             values, checked = cached
-            if all(group.get(name, _MISSING) is value for name, value in values.items()):
-                return checked
+            try:
+                # Tuple equality tests identity first: an untouched group costs one itemgetter.
+                if self._option_values(group) == values:
+                    return checked
+            except (KeyError, ValueError, TypeError):  # a key deleted, an array-valued option
+                pass
         where = f"param_groups[{i}]"
         try:
             checked = self._checked_options(group, where)
@@ -127,8 +136,10 @@ class OptimizerCore:
             if len(self.param_groups) == 1 or str(exc).startswith(where):
                 raise
             raise type(exc)(f"{where}: {exc}") from None
-        self._group_cache[i] = ({name: group[name] for name in self._options}, checked)
+        self._group_cache[i] = (self._option_values(group), checked)
         return checked
+
+
 
     def __getattr__(self, name):
         # Only reached for names that are not ordinary attributes: the group options.
@@ -320,6 +331,8 @@ class OptimizerCore:
         else:
             raise TypeError(f"this optimizer has {count} parameters: give step() a list of {count} "
                             "gradients in parameter order (None for a frozen one)")
+        if count == 1 and _backend.array_kind(grads[0]) is not None:
+            return grads
         out = []
         for j, g in enumerate(grads):
             if g is not None and _backend.array_kind(g) is None:
@@ -371,8 +384,12 @@ class OptimizerCore:
                 and not _params.is_torch_tensor(grads):
             closure, grads = grads, None
         loss = closure() if closure is not None else None
-        max_grad_norm = _checks.optional_positive("max_grad_norm", max_grad_norm)
-        inv_scale = _checks.grad_scale(grad_scale)
+        if max_grad_norm is not None:
+            max_grad_norm = _checks.positive("max_grad_norm", max_grad_norm)
+        inv_scale = 1.0 if grad_scale is None else _checks.grad_scale(grad_scale)
+        if len(self._params) == 1 and _backend.array_kind(grads) is not None:
+            norm = self._step_one(grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype)
+            return loss if closure is not None else norm
         grad_list = self._grad_list(grads)
         options = [self._group_options(i) for i in range(len(self.param_groups))]
         plan = []
@@ -408,6 +425,7 @@ class OptimizerCore:
         updates = []
         for j, p, h, arrays in plan:
             step = p.state["step"] + 1
+            # Arrays of one group at one step share their scalars: computed once.
             key = (p.group, step, self._scalar_token(p))
             found = memo.get(key)
             if found is None:
@@ -420,7 +438,7 @@ class OptimizerCore:
             batch.add(variant, arrays, row, seed)
             updates.append((p, step, host))
         try:
-            batch.run(chosen)
+            batch.run(chosen.module)
         except Exception:
             # The cached checks may be stale (an array made read-only since): the full checks,
             # which raise naming the argument, replace the backend's own error when they fail.
@@ -433,6 +451,47 @@ class OptimizerCore:
             p.state.update(host)
             p.fresh.clear()
         return loss if closure is not None else self.last_grad_norm
+
+    def _step_one(self, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
+        """step() of an optimizer of one array (fastopt's own form, FlatParams): the same checks
+        and kernel, without the list's bookkeeping, for a small step's overhead."""
+        p = self._params[0]
+        h = self._group_options(0)
+        names = self._state_names(h)
+        self._ensure_state(p, names, h)
+        arrays = self._arrays(p, grad, names, grad_dtype)
+        put = self.__dict__.__setitem__
+        put("_last_grads", [grad])
+        put("last_step_skipped", False)
+        put("last_grad_norm", None)
+        module = _backend.select(arrays.kind, self.backend).module
+        if max_grad_norm is not None or skip_nonfinite:
+            norm = math.sqrt(module.sum_of_squares(arrays.grad_code, arrays.grad)) * abs(inv_scale)
+            put("last_grad_norm", norm)
+            if skip_nonfinite and not math.isfinite(norm):
+                put("last_step_skipped", True)
+                return norm
+            if max_grad_norm is not None:
+                inv_scale *= _scalars.clip_factor(norm, max_grad_norm)
+        step = p.state["step"] + 1
+        variant, scalars, decoupled, host = self._rule_scalars(h, step, p)
+        scale, wd, decay = _scalars.prologue(h["lr"], h["weight_decay"], decoupled, h["maximize"], inv_scale)
+        seed = _scalars.step_seed(self.seed, step) if self.stochastic_rounding else 0
+        try:
+            module.optimizer_step(self._rule, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
+                                  arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
+                                  scale, wd, decay, seed)
+        except Exception:
+            # The cached checks may be stale (an array made read-only since): the full checks,
+            # which raise naming the argument, replace the backend's own error when they fail.
+            p.cache = None
+            self._arrays(p, grad, names, grad_dtype)
+            raise
+        p.state["step"] = step
+        if host:
+            p.state.update(host)
+        p.fresh.clear()
+        return self.last_grad_norm
 
     def zero_grad(self, set_to_none=True):
         """Zeroes the gradients: FlatParams' ``grad``; torch tensors' ``.grad`` (set to None by
