@@ -131,3 +131,53 @@ def test_mixed_dtypes_make_one_call_per_dtype_combination(monkeypatch):
     assert sorted(seen) == [2, 2]
     for p in params:
         assert np.allclose(p, 0.9)
+
+
+def test_reused_plan_with_persistent_gradients_and_everything_that_invalidates_it():
+    """With the same gradient arrays every step (refilled in place), a list step reuses its plan;
+    each change it relied on (an option, a replaced state array, a frozen array, a loaded
+    checkpoint, another backend) falls back to the full step: the bits stay those of stepping
+    each array alone."""
+    rng = np.random.default_rng(1)
+    start = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
+    grads = [np.zeros(n, np.float32) for n in SIZES]
+    together = [a.copy() for a in start]
+    separate = [a.copy() for a in start]
+    opt = fastopt.NAdam([{"params": together[:3]}, {"params": together[3:], "lr": 0.02}], lr=0.01)
+    singles = [fastopt.NAdam(a, lr=0.01 if j < 3 else 0.02) for j, a in enumerate(separate)]
+    saved = None
+    for step in range(12):
+        for g in grads:
+            g[...] = rng.standard_normal(g.size)
+        frozen = 2 if step == 6 else None
+        if step == 4:
+            opt.param_groups[1]["lr"] = 0.03
+            for s in singles[3:]:
+                s.lr = 0.03
+        if step == 5:
+            opt.state[4]["exp_avg"] = opt.state[4]["exp_avg"].copy()
+        if step == 7:
+            saved = opt.state_dict()
+        if step == 9:
+            opt.load_state_dict(saved)
+            for j, s in enumerate(singles):
+                s.load_state_dict({"state": saved["state"][j], "param_groups": [
+                    dict(saved["param_groups"][0 if j < 3 else 1], params=[0])]})
+                together[j][...] = separate[j]
+        backend = "numba" if step == 10 and "numba" in fastopt.backends() and \
+            fastopt.backends()["numba"]["available"] else None
+        opt.backend = backend
+        opt.step([None if j == frozen else g for j, g in enumerate(grads)])
+        for j, (s, g) in enumerate(zip(singles, grads)):
+            if j != frozen:
+                s.step(g)
+        if step == 3:
+            assert opt._plan is not None  # reused while nothing changed
+        if step == 8:
+            # The array frozen at step 6 is a step behind the rest of its group: no plan.
+            assert opt._plan is None
+        for j, (a, b) in enumerate(zip(together, separate)):
+            np.testing.assert_array_equal(a, b, err_msg=f"param {j} after step {step}")
+    for j, s in enumerate(singles):
+        assert opt.state[j]["step"] == s.state["step"]
+        np.testing.assert_array_equal(opt.state[j]["exp_avg_sq"], s.state["exp_avg_sq"])

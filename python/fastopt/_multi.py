@@ -4,44 +4,50 @@ The arrays of a step that share the rule's variant and their dtypes form one cal
 (a segment) points at a row of scalars (its group's hyper-parameters and its own step count), so
 groups and per-array bias corrections ride in the same call. The cpu backend walks the table in
 one OpenMP region (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make one call per
-array, the same bits."""
+array, with the same bits."""
 import numpy as np
 
 ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
 
 
-class Batch:
-    """The kernel calls of one step, built array by array."""
+class Call:
+    """The arrays of one kernel call, built array by array."""
 
-    __slots__ = ("rule", "calls")
+    __slots__ = ("params", "grads", "masters", "states", "row_of", "seeds", "rows")
 
-    def __init__(self, rule):
-        self.rule = rule
-        self.calls = {}  # (variant, param, grad, state codes, master?) -> [(arrays, row, seed)]
+    def __init__(self):
+        self.params, self.grads, self.masters, self.states = [], [], [], []
+        self.row_of, self.seeds, self.rows = [], [], {}
 
-    def add(self, variant, arrays, row, seed):
+    def add(self, arrays, row, seed):
         """`row`: the rule's scalars followed by (grad_scale, weight_decay, decay_factor)."""
-        key = (variant, arrays.param_code, arrays.grad_code, arrays.state_code, arrays.master is not None)
-        self.calls.setdefault(key, []).append((arrays, row, seed))
+        self.params.append(arrays.param)
+        self.grads.append(arrays.grad)
+        self.masters.append(arrays.master)
+        self.states.append(arrays.states)
+        rows = self.rows
+        index = rows.get(row)
+        if index is None:
+            index = rows[row] = len(rows)
+        self.row_of.append(index)
+        self.seeds.append(seed)
 
-    def run(self, module):
-        multi = getattr(module, "multi_step", None) if len(self.calls) > 1 or any(
-            len(segments) > 1 for segments in self.calls.values()) else None
-        for (variant, param_code, grad_code, state_code, has_master), segments in self.calls.items():
-            if multi is None or len(segments) == 1:
-                for arrays, row, seed in segments:
-                    module.optimizer_step(self.rule, variant, param_code, grad_code, state_code,
-                                          arrays.param, arrays.grad, arrays.master, arrays.states,
-                                          row[:-3], row[-3], row[-2], row[-1], seed)
-                continue
-            rows, row_of = {}, []
-            for _, row, _ in segments:
-                row_of.append(rows.setdefault(row, len(rows)))
-            table = np.zeros((len(rows), ROW_SCALARS + 3))
-            for row, r in rows.items():
-                table[r, :len(row) - 3] = row[:-3]
-                table[r, ROW_SCALARS:] = row[-3:]
-            multi(self.rule, variant, param_code, grad_code, state_code,
-                  [a.param for a, _, _ in segments], [a.grad for a, _, _ in segments],
-                  [a.master for a, _, _ in segments] if has_master else None,
-                  [a.states for a, _, _ in segments], table, row_of, [s for _, _, s in segments])
+
+def run(module, rule, calls):
+    """Makes the calls: one segment-table call each where the backend has one, else one call per array."""
+    multi = getattr(module, "multi_step", None)
+    for (variant, param_code, grad_code, state_code, has_master), call in calls.items():
+        if multi is None or len(call.params) == 1:
+            rows = list(call.rows)
+            for param, grad, master, states, r, seed in zip(call.params, call.grads, call.masters, call.states,
+                                                            call.row_of, call.seeds):
+                row = rows[r]
+                module.optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master,
+                                      states, row[:-3], row[-3], row[-2], row[-1], seed)
+            continue
+        table = np.zeros((len(call.rows), ROW_SCALARS + 3))
+        for row, r in call.rows.items():
+            table[r, :len(row) - 3] = row[:-3]
+            table[r, ROW_SCALARS:] = row[-3:]
+        multi(rule, variant, param_code, grad_code, state_code, call.params, call.grads,
+              call.masters if has_master else None, call.states, table, call.row_of, call.seeds)

@@ -10,7 +10,7 @@ import operator
 
 import numpy as np
 
-from . import _backend, _checks, _multi, _params, _scalars, checkpoint
+from . import _backend, _checks, _params, _stepping, checkpoint
 from ._dtypes import CODE_BFLOAT16, FLOAT32, UINT16, bfloat16_bits, dtype_code, is_half
 
 _MISSING = object()
@@ -93,6 +93,7 @@ class OptimizerCore:
         put("param_groups", [])
         put("_group_cache", [])
         put("_last_grads", None)
+        put("_plan", None)  # a list step's reusable work (_stepping._Plan)
         put("defaults", self._checked_options(defaults, "defaults"))
         for group in groups:
             self.add_param_group(group)
@@ -202,6 +203,7 @@ class OptimizerCore:
             self._init_param_state(p, checked)
         self.param_groups.append(group)
         self._group_cache.append(None)
+        self.__dict__["_plan"] = None
         self._params.extend(new)
 
     def _new_param(self, source, group_index, where):
@@ -286,9 +288,9 @@ class OptimizerCore:
         host_updates is a dict of scalar state written once the step is applied."""
         raise NotImplementedError
 
-    def _scalar_token(self, p):
-        """What, beyond group and step, p's scalars depend on (SGD's first step, NAdam's product)."""
-        return None
+    # A method p -> what, beyond group and step, p's scalars depend on (SGD's first step,
+    # NAdam's product), for the rules where something does.
+    _scalar_token = None
 
     def _init_value(self, h, name):
         return 0.0
@@ -388,110 +390,10 @@ class OptimizerCore:
             max_grad_norm = _checks.positive("max_grad_norm", max_grad_norm)
         inv_scale = 1.0 if grad_scale is None else _checks.grad_scale(grad_scale)
         if len(self._params) == 1 and _backend.array_kind(grads) is not None:
-            norm = self._step_one(grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype)
+            norm = _stepping.step_one(self, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype)
             return loss if closure is not None else norm
-        grad_list = self._grad_list(grads)
-        options = [self._group_options(i) for i in range(len(self.param_groups))]
-        plan = []
-        for j, (p, grad) in enumerate(zip(self._params, grad_list)):
-            if grad is None:
-                continue
-            h = options[p.group]
-            names = self._state_names(h)
-            try:
-                self._ensure_state(p, names, h)
-                plan.append((j, p, h, self._arrays(p, grad, names, grad_dtype)))
-            except (ValueError, TypeError) as exc:
-                raise self._where(j, exc) from None
-        self.__dict__["_last_grads"] = grad_list
-        self.__dict__["last_step_skipped"] = False
-        self.__dict__["last_grad_norm"] = None
-        if not plan:
-            return loss
-        chosen = _backend.select(plan[0][3].kind, self.backend)
-        if max_grad_norm is not None or skip_nonfinite:
-            total = 0.0
-            for *_, arrays in plan:
-                total += chosen.module.sum_of_squares(arrays.grad_code, arrays.grad)
-            norm = math.sqrt(total) * abs(inv_scale)
-            self.__dict__["last_grad_norm"] = norm
-            if skip_nonfinite and not math.isfinite(norm):
-                self.__dict__["last_step_skipped"] = True
-                return loss if closure is not None else norm
-            if max_grad_norm is not None:
-                inv_scale *= _scalars.clip_factor(norm, max_grad_norm)
-        batch = _multi.Batch(self._rule)
-        memo = {}
-        updates = []
-        for j, p, h, arrays in plan:
-            step = p.state["step"] + 1
-            # Arrays of one group at one step share their scalars: computed once.
-            key = (p.group, step, self._scalar_token(p))
-            found = memo.get(key)
-            if found is None:
-                variant, scalars, decoupled, host = self._rule_scalars(h, step, p)
-                pro = _scalars.prologue(h["lr"], h["weight_decay"], decoupled, h["maximize"], inv_scale)
-                found = memo[key] = (variant, scalars + pro, host)
-            variant, row, host = found
-            seed = _scalars.step_seed((self.seed + j) & 0xFFFFFFFF, step) \
-                if self.stochastic_rounding else 0
-            batch.add(variant, arrays, row, seed)
-            updates.append((p, step, host))
-        try:
-            batch.run(chosen.module)
-        except Exception:
-            # The cached checks may be stale (an array made read-only since): the full checks,
-            # which raise naming the argument, replace the backend's own error when they fail.
-            for _, p, _, arrays in plan:
-                p.cache = None
-                self._arrays(p, arrays.grad, self._state_names(options[p.group]), grad_dtype)
-            raise
-        for p, step, host in updates:
-            p.state["step"] = step
-            p.state.update(host)
-            p.fresh.clear()
-        return loss if closure is not None else self.last_grad_norm
-
-    def _step_one(self, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
-        """step() of an optimizer of one array (fastopt's own form, FlatParams): the same checks
-        and kernel, without the list's bookkeeping, for a small step's overhead."""
-        p = self._params[0]
-        h = self._group_options(0)
-        names = self._state_names(h)
-        self._ensure_state(p, names, h)
-        arrays = self._arrays(p, grad, names, grad_dtype)
-        put = self.__dict__.__setitem__
-        put("_last_grads", [grad])
-        put("last_step_skipped", False)
-        put("last_grad_norm", None)
-        module = _backend.select(arrays.kind, self.backend).module
-        if max_grad_norm is not None or skip_nonfinite:
-            norm = math.sqrt(module.sum_of_squares(arrays.grad_code, arrays.grad)) * abs(inv_scale)
-            put("last_grad_norm", norm)
-            if skip_nonfinite and not math.isfinite(norm):
-                put("last_step_skipped", True)
-                return norm
-            if max_grad_norm is not None:
-                inv_scale *= _scalars.clip_factor(norm, max_grad_norm)
-        step = p.state["step"] + 1
-        variant, scalars, decoupled, host = self._rule_scalars(h, step, p)
-        scale, wd, decay = _scalars.prologue(h["lr"], h["weight_decay"], decoupled, h["maximize"], inv_scale)
-        seed = _scalars.step_seed(self.seed, step) if self.stochastic_rounding else 0
-        try:
-            module.optimizer_step(self._rule, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
-                                  arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
-                                  scale, wd, decay, seed)
-        except Exception:
-            # The cached checks may be stale (an array made read-only since): the full checks,
-            # which raise naming the argument, replace the backend's own error when they fail.
-            p.cache = None
-            self._arrays(p, grad, names, grad_dtype)
-            raise
-        p.state["step"] = step
-        if host:
-            p.state.update(host)
-        p.fresh.clear()
-        return self.last_grad_norm
+        return _stepping.step_list(self, self._grad_list(grads), inv_scale, max_grad_norm, skip_nonfinite,
+                                   grad_dtype, closure is not None, loss)
 
     def zero_grad(self, set_to_none=True):
         """Zeroes the gradients: FlatParams' ``grad``; torch tensors' ``.grad`` (set to None by
@@ -522,6 +424,7 @@ class OptimizerCore:
         state = dict(self.__dict__)
         state["_group_cache"] = [None] * len(state["_group_cache"])
         state["_last_grads"] = None
+        state["_plan"] = None
         return state
 
     def __setstate__(self, state):

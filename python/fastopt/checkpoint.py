@@ -233,6 +233,7 @@ def load_state_dict(opt, sd):
         group.clear()
         group.update(params=params, **extras, **checked)
     opt._group_cache[:] = [None] * len(opt._group_cache)
+    opt.__dict__["_plan"] = None
 
 
 # ---- files ------------------------------------------------------------------------------------
