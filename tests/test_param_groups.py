@@ -270,3 +270,19 @@ def test_negative_grad_scale_and_unknown_backends_are_refused():
         fastopt.Adam(p, backend="gpu")
     with pytest.raises(TypeError, match="cuda"):
         fastopt.Adam(p, backend="cuda")
+
+
+def test_named_parameters_and_state_by_parameter():
+    model = torch.nn.Linear(3, 2)
+    opt = fastopt.SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    assert opt.param_groups[0]["param_names"] == ["weight", "bias"]
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert opt.state[model.bias] is opt.state[1]
+    assert "momentum_buffer" in opt.state[model.weight]
+    a = np.ones(3)
+    opt = fastopt.Adam([a, np.ones(2)])
+    assert opt.state[a] is opt.state[0]
+    with pytest.raises(KeyError):
+        opt.state[np.ones(3)]
+    assert opt.state_dict()["param_groups"][0]["params"] == [0, 1]

@@ -61,6 +61,23 @@ class _Param:
         return _backend.array_module(self.kind)
 
 
+class _StateByParam(dict):
+    """opt.state of several parameters: keyed by index; the parameter itself (the array or tensor
+    given) also finds its state, as torch's opt.state[p] does."""
+
+    def attach(self, params):
+        self._params = params
+        return self
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return dict.__getitem__(self, key)
+        for i, p in enumerate(self._params):  # arrays are not hashable: found by identity
+            if key is p.source or key is p.array:
+                return dict.__getitem__(self, i)
+        raise KeyError(f"no such parameter ({type(key).__name__}) in this optimizer")
+
+
 class OptimizerCore:
     """Param groups, per-parameter state and the step; subclasses give the rule (optim.py)."""
 
@@ -276,7 +293,7 @@ class OptimizerCore:
         them keyed by parameter index (NumPy arrays cannot be dict keys as torch tensors are)."""
         if self._single:
             return self._params[0].state
-        return {i: p.state for i, p in enumerate(self._params)}
+        return _StateByParam((i, p.state) for i, p in enumerate(self._params)).attach(self._params)
 
     # ---- subclass interface -------------------------------------------------------------------
     def _state_names(self, h):

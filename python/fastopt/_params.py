@@ -83,7 +83,7 @@ def group_list(params):
         return [normalized_group(g, f"param_groups[{i}]") for i, g in enumerate(items)], False
     if any(dicts):
         raise TypeError("params mixes group dicts and parameters: give a list of one kind")
-    return [{"params": items}], False
+    return [normalized_group({"params": items}, "params")], False
 
 
 def normalized_group(group, where):
@@ -100,6 +100,11 @@ def normalized_group(group, where):
         params = list(params)
     if not params:
         raise ValueError(f"{where} has an empty 'params' list")
+    named = [isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) for item in params]
+    if all(named):  # model.named_parameters(): torch keeps the names as "param_names"
+        return {**group, "params": [item[1] for item in params], "param_names": [item[0] for item in params]}
+    if any(named):
+        raise TypeError(f"{where} mixes (name, parameter) pairs and parameters")
     return {**group, "params": params}
 
 
