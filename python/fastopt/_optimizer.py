@@ -247,7 +247,7 @@ class OptimizerCore:
         p = _Param()
         p.array, p.source, p.grad_source, p.group, p.kind = array, source, grad_source, group_index, kind
         p.state_dtype = self._resolve_state_dtype(self._state_dtype_option, code, kind)
-        p.state, p.fresh, p.cache = {"step": 0}, set(), None
+        p.state, p.fresh, p.cache = _stepping.ParamState(step=0), set(), None
         if half and self.master_weights:
             p.state["master_weights"] = self._widen_half(p, code)
         return p
@@ -409,7 +409,10 @@ class OptimizerCore:
         if len(self._params) == 1 and _backend.array_kind(grads) is not None:
             norm = _stepping.step_one(self, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype)
             return loss if closure is not None else norm
-        return _stepping.step_list(self, self._grad_list(grads), inv_scale, max_grad_norm, skip_nonfinite,
+        plan = self._plan
+        if plan is None or not (isinstance(grads, (list, tuple)) and plan.same_grads(grads)):
+            grads = self._grad_list(grads)  # else: the arrays the plan checked
+        return _stepping.step_list(self, grads, inv_scale, max_grad_norm, skip_nonfinite,
                                    grad_dtype, closure is not None, loss)
 
     def zero_grad(self, set_to_none=True):

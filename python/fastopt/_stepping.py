@@ -10,6 +10,52 @@ import operator
 from . import _backend, _multi, _scalars
 
 
+class ParamState(dict):
+    """A parameter's state dict. A write through it (a replaced array, an edited step count, a
+    loaded checkpoint) counts in ``writes``, which tells a reused step plan that it is stale;
+    the step itself writes around the count."""
+
+    writes = 0
+
+    def _wrote(self):
+        ParamState.writes += 1
+
+    def __setitem__(self, key, value):
+        self._wrote()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        self._wrote()
+        dict.__delitem__(self, key)
+
+    def __ior__(self, other):
+        self._wrote()
+        return dict.__ior__(self, other)
+
+    def clear(self):
+        self._wrote()
+        dict.clear(self)
+
+    def pop(self, *args):
+        self._wrote()
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self._wrote()
+        return dict.popitem(self)
+
+    def setdefault(self, key, default=None):
+        self._wrote()
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args, **kwargs):
+        self._wrote()
+        dict.update(self, *args, **kwargs)
+
+    def __reduce__(self):
+        return (ParamState, (dict(self),))
+
+
 def _begin(opt, grads):
     put = opt.__dict__.__setitem__
     put("_last_grads", grads)
@@ -152,24 +198,20 @@ class _Plan:
     """A list step's arrays, checks and kernel calls, reused while every input is the same object.
 
     Valid while: the gradient list holds the same arrays, every group's options are untouched
-    (the same validated dict), the backend is the same, and every stepped parameter's state (its
-    arrays, step count and scalar state) is what the last step left. Each group's stepped arrays
+    (the same validated dict), the backend is the same, and no parameter state was written
+    since (ParamState.writes). Each group's stepped arrays
     share one step count, so each step computes one row of scalars per group."""
 
-    __slots__ = ("grads", "options", "grad_dtype", "module", "keys", "expected", "members", "reps",
-                 "variants", "calls", "pairs", "recheck")
+    __slots__ = ("grads", "options", "grad_dtype", "module", "writes", "members", "reps", "variants",
+                 "calls", "pairs", "recheck")
 
     def __init__(self, opt, grads, options, grad_dtype, module, stepped, names_of, calls, rows):
         self.grads, self.options, self.grad_dtype, self.module = list(grads), list(options), grad_dtype, module
-        self.keys, self.members, self.reps = [], [], {}
+        self.members, self.reps = [], {}
         for _, p, a in stepped:
-            names = names_of[p.group]
-            self.keys += [(p.state, k) for k in ("step",) + names + tuple(opt._host_state(options[p.group]))]
-            if a.master is not None:
-                self.keys.append((p.state, "master_weights"))
             self.members.append((p.state, p.group))
             self.reps.setdefault(p.group, p)
-        self.expected = self._now()
+        self.writes = ParamState.writes
         self.variants = {key[0]: found[0] for key, found in rows.items()}
         # Per call: its arrays as the kernels take them, and the group of each row.
         self.calls = []
@@ -183,20 +225,18 @@ class _Plan:
         self.pairs = [(a.grad_code, a.grad) for _, _, a in stepped]
         self.recheck = [(p, a.grad, names_of[p.group]) for _, p, a in stepped]
 
-    def _now(self):
-        return tuple([d[k] for d, k in self.keys])
+    def same_grads(self, grads):
+        return len(grads) == len(self.grads) and all(map(operator.is_, grads, self.grads))
 
     def valid(self, opt, grads, grad_dtype):
-        if grad_dtype is not self.grad_dtype or len(grads) != len(self.grads) \
-                or not all(map(operator.is_, grads, self.grads)):
+        if grad_dtype is not self.grad_dtype or not self.same_grads(grads):
+            return False
+        if ParamState.writes != self.writes:  # some state was written since (a replaced array ...)
             return False
         count = len(opt.param_groups)
         try:
-            if not all(map(operator.is_, [opt._group_options(i) for i in range(count)], self.options)):
-                return False
-            # The very objects the last step left: a replaced array (or scalar) is another object.
-            return all(map(operator.is_, self._now(), self.expected))
-        except (KeyError, ValueError, TypeError):  # a state entry deleted, an option made invalid
+            return all(map(operator.is_, [opt._group_options(i) for i in range(count)], self.options))
+        except (KeyError, ValueError, TypeError):  # an option made invalid: the full step says so
             return False
 
     def step(self, opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
@@ -233,10 +273,10 @@ class _Plan:
         except Exception:
             _recheck(opt, self.recheck, grad_dtype)
             raise
+        put, update = dict.__setitem__, dict.update  # the step's own writes: not counted
         for state, group in self.members:
             step, host, _ = rows[group]
-            state["step"] = step
+            put(state, "step", step)
             if host:
-                state.update(host)
-        self.expected = self._now()
+                update(state, host)
         return True
