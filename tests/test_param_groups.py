@@ -286,3 +286,17 @@ def test_named_parameters_and_state_by_parameter():
     with pytest.raises(KeyError):
         opt.state[np.ones(3)]
     assert opt.state_dict()["param_groups"][0]["params"] == [0, 1]
+
+
+def test_frozen_tensor_of_a_flat_buffer_stays_put():
+    """A FlatParams' views as the parameter list: still one kernel call, and None freezes one
+    tensor (stepping flat.data would move it under momentum and decay)."""
+    flat = fastopt.FlatParams([(3, 4), (5,), (2, 2)], "float64")
+    for v in flat.views:
+        v[...] = 1.0
+    opt = fastopt.SGD(flat.views, lr=0.1, momentum=0.9, weight_decay=0.1)
+    for step in range(3):
+        flat.grad[...] = 1.0
+        opt.step([g if j != 1 else None for j, g in enumerate(flat.grad_views)])
+    assert np.all(flat.views[1] == 1.0) and "momentum_buffer" not in opt.state[1]
+    assert np.all(flat.views[0] < 1.0)
