@@ -300,3 +300,19 @@ def test_frozen_tensor_of_a_flat_buffer_stays_put():
         opt.step([g if j != 1 else None for j, g in enumerate(flat.grad_views)])
     assert np.all(flat.views[1] == 1.0) and "momentum_buffer" not in opt.state[1]
     assert np.all(flat.views[0] < 1.0)
+
+
+def test_skip_nonfinite_and_grad_scale_act_on_every_group():
+    a, b = np.ones(4), np.ones(3)
+    opt = fastopt.Adam([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    bad = np.ones(3)
+    bad[1] = np.inf
+    norm = opt.step([np.ones(4), bad], skip_nonfinite=True)
+    assert math.isinf(norm) and opt.last_step_skipped
+    assert np.all(a == 1) and np.all(b == 1) and opt.state[0]["step"] == opt.state[1]["step"] == 0
+    twin_a, twin_b = np.ones(4), np.ones(3)
+    twin = fastopt.Adam([{"params": [twin_a]}, {"params": [twin_b], "lr": 0.5}], lr=0.1)
+    opt.step([np.full(4, 8.0), np.full(3, -4.0)], grad_scale=4.0)
+    twin.step([np.full(4, 2.0), np.full(3, -1.0)])
+    np.testing.assert_array_equal(a, twin_a)
+    np.testing.assert_array_equal(b, twin_b)

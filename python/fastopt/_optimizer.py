@@ -3,15 +3,14 @@
 Hyper-parameters live in ``param_groups`` (list of dicts, as in torch); they are validated when a
 step reads them, so a scheduler may write ``group["lr"]`` between steps. Each parameter has its
 own state dict and step count (a frozen parameter, ``grad=None``, does not advance). The arrays
-of one step that share rule variant and dtypes go to the kernels in one call (_multi.py).
+of one step that share rule variant and dtypes go to the kernels in one call (_stepping.py).
 """
-import math
 import operator
 
 import numpy as np
 
 from . import _backend, _checks, _params, _stepping, checkpoint
-from ._dtypes import CODE_BFLOAT16, FLOAT32, UINT16, bfloat16_bits, dtype_code, is_half
+from ._dtypes import CODE_BFLOAT16, UINT16, bfloat16_bits, dtype_code, is_half
 
 _MISSING = object()
 # torch's implementation switches: stored in the groups (so torch checkpoints load) and ignored.
