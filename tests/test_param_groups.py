@@ -152,7 +152,11 @@ def test_buffer_protocol_and_dlpack_objects_are_viewed():
 def test_group_options_written_between_steps_are_validated_at_the_step():
     a, b = np.ones(4), np.ones(3)
     opt = fastopt.Adam([{"params": [a]}, {"params": [b], "lr": 0.1}], lr=0.01)
-    opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr"):  # checked where it is written
+        opt.param_groups[1]["lr"] = -1.0
+    assert opt.param_groups[1]["lr"] == 0.1
+    # A group dict replaced by a plain one is checked at the step, nothing written before.
+    opt.param_groups[1] = {**opt.param_groups[1], "lr": -1.0}
     with pytest.raises(ValueError, match=r"param_groups\[1\].*lr"):
         opt.step([np.ones(4), np.ones(3)])
     assert np.all(a == 1) and np.all(b == 1) and opt.state[0]["step"] == 0

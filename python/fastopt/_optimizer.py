@@ -60,6 +60,44 @@ class _Param:
         return _backend.array_module(self.kind)
 
 
+class ParamGroup(dict):
+    """One of ``opt.param_groups``: a dict (torch's), whose options are checked when written, so
+    a scheduler that writes a bad value fails where it writes; the step checks them again, with
+    the checks between options. Other keys (a scheduler's ``initial_lr``) are stored as given."""
+
+    def __init__(self, owner, items=()):
+        dict.__init__(self, items)
+        self._owner = owner  # the optimizer class, whose option table checks the values
+
+    def _checked(self, key, value):
+        check = self._owner._options.get(key)
+        return value if check is None else check(key, value)
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, self._checked(key, value))
+
+    def update(self, *args, **kwargs):
+        items = dict(*args, **kwargs)
+        dict.update(self, {k: self._checked(k, v) for k, v in items.items()})
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __reduce__(self):
+        return (ParamGroup, (self._owner, dict(self)))
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return ParamGroup(self._owner, copy.deepcopy(dict(self), memo))
+
+
 class _StateByParam(dict):
     """opt.state of several parameters: keyed by index; the parameter itself (the array or tensor
     given) also finds its state, as torch's opt.state[p] does."""
@@ -196,7 +234,7 @@ class OptimizerCore:
         for name, value in self.defaults.items():
             group.setdefault(name, value)
         checked = self._checked_options(group, where)
-        group.update(checked)
+        group = ParamGroup(type(self), {**group, **checked})
         start = len(self._params)
         new = [self._new_param(source, len(self.param_groups), f"params[{start + j}]")
                for j, source in enumerate(group["params"])]

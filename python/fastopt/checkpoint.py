@@ -230,8 +230,8 @@ def load_state_dict(opt, sd):
         p.cache = None
     for group, (checked, extras) in zip(opt.param_groups, groups):
         params = group["params"]
-        group.clear()
-        group.update(params=params, **extras, **checked)
+        dict.clear(group)  # the values are checked: written as they are
+        dict.update(group, params=params, **extras, **checked)
     opt._group_cache[:] = [None] * len(opt._group_cache)
     opt.__dict__["_plan"] = None
 
