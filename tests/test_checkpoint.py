@@ -282,3 +282,17 @@ def test_one_array_state_dict_keeps_string_keys_to_state_zero():
     twin = fastopt.Adam(p.copy(), lr=0.1)
     twin.load_state_dict(legacy)
     assert twin.state["step"] == 1
+
+
+def test_one_array_legacy_layout_without_params_indices_loads():
+    p = np.ones(6, np.float32)
+    opt = fastopt.Adam(p, lr=0.1)
+    opt.step(np.ones(6, np.float32))
+    sd = opt.state_dict()
+    group = {k: v for k, v in sd["param_groups"][0].items() if k != "params"}
+    twin = fastopt.Adam(p.copy(), lr=0.5)
+    twin.load_state_dict({"state": dict(sd["state"][0]), "param_groups": [group]})
+    assert twin.state["step"] == 1 and twin.lr == 0.1
+    multi = fastopt.Adam([np.ones(2), np.ones(3)])
+    with pytest.raises(ValueError, match="params"):
+        multi.load_state_dict({"state": {}, "param_groups": [group]})

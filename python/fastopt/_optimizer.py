@@ -16,7 +16,7 @@ _MISSING = object()
 # torch's implementation switches: stored in the groups (so torch checkpoints load) and ignored.
 TORCH_NOOPS = ("foreach", "capturable", "differentiable", "fused")
 # Attributes a user may set besides the hyper-parameters.
-_SETTABLE = frozenset({"backend"})
+_SETTABLE = frozenset({"backend", "seed"})
 
 
 def _flag(name, value):
@@ -216,10 +216,12 @@ class OptimizerCore:
             value = options[name](name, value)
             for group in self.param_groups:
                 group[name] = value
-        elif name in _SETTABLE:
+        elif name == "backend":
             if value is not None:
                 _backend._named(value, "backend")
             self.__dict__[name] = value
+        elif name == "seed":  # stochastic rounding's seed (a sharded step sets it per piece)
+            self.__dict__[name] = _checks.checked_seed(value)
         elif name.startswith("_"):
             object.__setattr__(self, name, value)
         else:

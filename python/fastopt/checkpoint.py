@@ -104,6 +104,8 @@ def _checked_group(opt, i, saved, ours):
     if not isinstance(saved, Mapping):
         raise ValueError(f"{where} must be a dict, got {type(saved).__name__}")
     indices = saved.get("params")
+    if indices is None and opt._single:  # the layout before param groups: one group, no indices
+        indices = [0]
     if not isinstance(indices, (list, tuple)) or not all(
             isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in indices):
         raise ValueError(f"{where} must have 'params', a list of parameter indices")
