@@ -21,6 +21,7 @@ void register_batchnorm(py::module_& m);  // bind_batchnorm.cpp
 void register_checks(py::module_& m);     // bind_checks.cpp
 void register_bench(py::module_& m);      // bind_bench.cpp
 void register_internal(py::module_& m);   // bind_internal.cpp
+void register_multi(py::module_& m);      // bind_multi.cpp
 
 namespace {
 
@@ -95,4 +96,5 @@ PYBIND11_MODULE(_cpu, m) {
     register_checks(m);
     register_bench(m);
     register_internal(m);
+    register_multi(m);
 }

@@ -36,8 +36,12 @@ OPTIMIZERS = {
 
 
 def load_digits_split(seed):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise SystemExit("this example needs scikit-learn: pip install scikit-learn "
+                         "(from a clone: pip install '.[examples]')") from None
 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)

@@ -420,3 +420,50 @@ def test_gpu_references_and_passes_without_a_gpu():
     with pytest.raises(impls.Skipped, match="no CUDA device"):
         impls.TorchBatchNorm(impls.BatchNormData((4, 3, 2), 1), "cuda")
     assert not Config(backends=["cuda"]).cuda_only  # cuda unavailable here: nothing left to run on it
+
+
+
+# ---- the many-tensors row and the command line's refusals -------------------------------------
+
+def test_list_row_checks_and_times_against_flat_and_torch(monkeypatch):
+    monkeypatch.setattr(workloads, "MODELS", (workloads.ModelSpec("three", lambda: [(3, 5), (7,), (1000,)], ("AdamW",)),))
+    monkeypatch.setattr(workloads, "MODELS_QUICK", ("three",))
+    result = run(tiny_config(only="lists"))
+    by_impl = {r["impl"]: r for r in result["records"] if r.get("kind") == "list"}
+    listed = by_impl["fastopt[cpu] list"]
+    assert listed["tensors"] == 3 and listed["check"]["passed"] and listed["speed_vs_flat"] > 0
+    assert by_impl["fastopt[cpu] flat"]["interleaved_with_list"]
+    if torch is not None:
+        assert listed["speed_vs_torch_fused"] > 0
+    assert any("FlatParams" in row["figure"] for row in result["headline"])
+
+
+def test_list_row_catches_a_wrong_segment_table(monkeypatch):
+    monkeypatch.setattr(workloads, "MODELS", (workloads.ModelSpec("three", lambda: [(3, 5), (7,), (1000,)], ("Adam",)),))
+    monkeypatch.setattr(workloads, "MODELS_QUICK", ("three",))
+    real = _backend.BACKENDS["cpu"].module
+
+    class SkipsLastArray:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def multi_step(self, *args):
+            args = list(args)
+            for k in (5, 6, 8, 10, 11):  # params, grads, states, row_of, seeds lists
+                args[k] = args[k][:-1]
+            return real.multi_step(*args)
+
+    monkeypatch.setattr(_backend.BACKENDS["cpu"], "_module", SkipsLastArray())
+    with pytest.raises(CheckFailed):
+        run(tiny_config(only="lists"))
+
+
+def test_cli_refuses_unknown_names_and_unavailable_backends(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--only", "Adamm"])
+    assert exc.value.code != 0 and "unknown name(s) adamm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["--backends", "tpu"])
+    if not fastopt.backends()["cuda"]["available"]:
+        assert bench_main(["--backends", "cuda"]) != 0
+        assert "cuda is unavailable" in capsys.readouterr().err

@@ -20,3 +20,10 @@ def test_readme_examples_run():
     namespace = {}
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)
+
+
+def test_readme_examples_run_one_by_one():
+    """Each block runs on its own, as a reader pastes it."""
+    pytest.importorskip("ml_dtypes")
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), {})

@@ -47,6 +47,7 @@ void set_num_threads(int n) {
 
 
 void optimizer_step(const StepCall& call) { FASTOPT_PICK(optimizer_step(call)) }
+void multi_step(const MultiStepCall& call) { FASTOPT_PICK(multi_step(call)) }
 double sum_of_squares(const NormCall& call) { FASTOPT_PICK(sum_of_squares(call)) }
 
 }  // namespace fastopt::cpu

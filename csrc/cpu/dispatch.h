@@ -12,6 +12,7 @@ int num_threads();
 void set_num_threads(int n);
 
 void optimizer_step(const StepCall& call);
+void multi_step(const MultiStepCall& call);
 double sum_of_squares(const NormCall& call);
 
 }  // namespace fastopt::cpu

@@ -7,7 +7,9 @@
 
 namespace fastopt::cpu::FASTOPT_ISA_NS {
 
-#define FASTOPT_DECLARE_STEP(rule, id) void step_##rule(const StepCall& call);
+#define FASTOPT_DECLARE_STEP(rule, id) \
+    void step_##rule(const StepCall& call); \
+    void multi_step_##rule(const MultiStepCall& call);
 FASTOPT_FOR_EACH_OPTIMIZER(FASTOPT_DECLARE_STEP)
 #undef FASTOPT_DECLARE_STEP
 
@@ -15,6 +17,15 @@ void optimizer_step(const StepCall& call) {
     switch (call.optimizer) {
 #define FASTOPT_CASE(rule, id) \
     case id: step_##rule(call); break;
+        FASTOPT_FOR_EACH_OPTIMIZER(FASTOPT_CASE)
+#undef FASTOPT_CASE
+    }
+}
+
+void multi_step(const MultiStepCall& call) {
+    switch (call.optimizer) {
+#define FASTOPT_CASE(rule, id) \
+    case id: multi_step_##rule(call); break;
         FASTOPT_FOR_EACH_OPTIMIZER(FASTOPT_CASE)
 #undef FASTOPT_CASE
     }

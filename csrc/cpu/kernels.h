@@ -27,6 +27,35 @@ struct StepCall {
     int num_threads;
 };
 
+// One step over many separate arrays in one call (apex's multi_tensor_apply, a segment table):
+// segment j covers [offset, offset + n) of one index range, offsets ascending and multiples of
+// kChunkAlign (so thread chunks start on cache-line multiples inside each array). Every segment
+// reads its scalars from rows[row * kRowWidth]: the rule's scalars, then grad_scale,
+// weight_decay and decay_factor, so per-group hyper-parameters and per-array step counts share
+// the call. All segments share the rule, variant and dtypes; element indices (and so the random
+// bits of stochastic rounding) are local to each array.
+constexpr int kRowScalars = 12;
+constexpr int kRowWidth = kRowScalars + 3;
+struct Segment {
+    void* param;
+    const void* grad;
+    float* master;
+    void* states[3];
+    int64_t n, offset;
+    int64_t row;
+    uint32_t rounding_seed;
+};
+struct MultiStepCall {
+    int optimizer, variant;
+    DType param_dtype, grad_dtype, state_dtype;
+    bool has_master;  // half params: master copies, else (bfloat16) stochastic rounding
+    const Segment* segments;
+    int64_t num_segments;
+    const double* rows;
+    int64_t total;  // end of the last segment
+    int num_threads;
+};
+
 // Sum of squares of a gradient, in float64 with a fixed summation order: blocks of
 // kNormBlock elements, each summed over 8 interleaved lanes, the block sums added in order.
 // The result is therefore the same for any thread count and ISA.
@@ -53,6 +82,7 @@ using NormFn = double (*)(const NormCall&);
 #define FASTOPT_DECLARE_ISA(ns)                                          \
     namespace fastopt::cpu::ns {                                         \
     void optimizer_step(const StepCall& call);                           \
+    void multi_step(const MultiStepCall& call);                          \
     double sum_of_squares(const NormCall& call);                         \
     }
 FASTOPT_DECLARE_ISA(isa_baseline)

@@ -2,6 +2,7 @@
 from ._backend import BackendUnavailableError, backends, get_num_threads, set_num_threads, use_backend
 from . import functional, lr_scheduler, schedules
 from .amp import GradScaler
+from .checkpoint import load, save
 from .batchnorm import BatchNorm, batch_norm_backward, batch_norm_forward
 from .flat import FlatParams
 from .functional import StepResult
@@ -15,5 +16,5 @@ __all__ = [
     "functional", "lr_scheduler", "schedules", "GradScaler", "FlatParams", "StepResult",
     "clip_grad_norm_", "grad_norm",
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion",
-    "batch_norm_forward", "batch_norm_backward", "BatchNorm",
+    "batch_norm_forward", "batch_norm_backward", "BatchNorm", "save", "load",
 ]

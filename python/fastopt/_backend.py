@@ -93,7 +93,7 @@ class _NumbaBackend(_Backend):
         try:
             import numba  # noqa: F401
         except ImportError:
-            raise BackendUnavailableError("Numba not installed (pip install fastopt[numba])") from None
+            raise BackendUnavailableError("Numba not installed (pip install numba; from a clone: pip install '.[numba]')") from None
         from . import numba as numba_kernels
 
         _start_numba_threads()
@@ -140,7 +140,7 @@ class _CudaBackend(_Backend):
         try:
             import cupy
         except ImportError:
-            raise BackendUnavailableError("CuPy not installed (pip install fastopt[cuda12] or [cuda13])") from None
+            raise BackendUnavailableError("CuPy not installed (pip install cupy-cuda12x or cupy-cuda13x; from a clone: pip install '.[cuda12]')") from None
         if not cupy.is_available():
             raise BackendUnavailableError("no CUDA device (cupy.is_available() is False)")
         from . import cuda
@@ -173,8 +173,18 @@ _override = contextvars.ContextVar("fastopt_backend", default=None)
 
 
 def backends():
-    """{"cpu": info, "numba": info, "cuda": info}: availability and details, or why not."""
-    return {name: b.info() for name, b in BACKENDS.items()}
+    """{"cpu": info, "numba": info, "cuda": info}: availability and details, or why not; and
+    "in_use": whether a call on its kind of arrays (NumPy, or CuPy for cuda) would run there now,
+    honouring use_backend() and FASTOPT_BACKEND."""
+    out = {}
+    for name, b in BACKENDS.items():
+        info = b.info()
+        try:
+            info["in_use"] = select(b.array_kind).name == name
+        except (BackendUnavailableError, TypeError):
+            info["in_use"] = False
+        out[name] = info
+    return out
 
 
 def _named(name, source):
@@ -243,8 +253,8 @@ def select(kind, backend=None):
         if not name:
             return _default(kind)
         chosen = _named(name, "FASTOPT_BACKEND / use_backend")
-        source = "FASTOPT_BACKEND / use_backend"
-        if chosen.array_kind != kind:  # a CPU override does not apply to CuPy arrays
+        source = "FASTOPT_BACKEND / use_backend "
+        if chosen.array_kind != kind and kind == "cupy":  # a CPU override does not apply to CuPy arrays
             return _default(kind)
     if chosen.array_kind != kind:
         raise TypeError(f"{source}{chosen.name!r} computes on {chosen.array_kind} arrays, got {kind} arrays")

@@ -64,8 +64,9 @@ def grad_scale(value):
     if value is None:
         return 1.0
     value = _real("grad_scale", value)
-    if not (value != 0.0 and math.isfinite(value)):
-        raise ValueError(f"Invalid grad_scale: {value} (expected a finite nonzero loss scale)")
+    # A negative scale would silently flip the update's direction (maximize=True is the way to).
+    if not (0.0 < value < math.inf):
+        raise ValueError(f"Invalid grad_scale: {value} (expected a finite loss scale > 0)")
     return 1.0 / value
 
 

@@ -36,6 +36,25 @@ class FlatParams:
         self.views = self._views(self.data)
         self.grad_views = self._views(self.grad)
 
+    @classmethod
+    def from_arrays(cls, arrays, *, grad_dtype=None):
+        """A FlatParams holding copies of `arrays` (one dtype, NumPy or CuPy, or torch CPU
+        tensors): its ``views`` replace the arrays, which stay as they were."""
+        from ._backend import array_kind, array_module
+        from ._params import as_array
+
+        arrays = [as_array(a, f"arrays[{i}]", writable=False) for i, a in enumerate(arrays)]
+        if not arrays:
+            raise ValueError("from_arrays needs at least one array")
+        dtypes = {a.dtype for a in arrays}
+        kinds = {array_kind(a) for a in arrays}
+        if len(dtypes) != 1 or len(kinds) != 1:
+            raise TypeError(f"from_arrays needs arrays of one dtype and kind, got {sorted(map(str, dtypes))}")
+        flat = cls([a.shape for a in arrays], dtypes.pop(), array_module(kinds.pop()), grad_dtype=grad_dtype)
+        for view, a in zip(flat.views, arrays):
+            view[...] = a
+        return flat
+
     def _views(self, buffer):
         return [buffer[o:o + math.prod(s)].reshape(s) for o, s in zip(self.offsets, self.shapes)]
 

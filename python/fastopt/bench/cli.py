@@ -35,6 +35,18 @@ def parser():
     return p
 
 
+def only_words():
+    """The words --only takes: optimizer and model names (and a model's name before its dash),
+    and the workload groups."""
+    from . import workloads
+
+    words = {"optimizers", "models", "clip", "batchnorm", "bn", "overhead", "lists", "training"}
+    words |= {spec.name.lower() for spec in workloads.OPTIMIZERS}
+    for model in workloads.MODELS:
+        words |= {model.name.lower(), model.name.lower().split("-")[0]}
+    return words
+
+
 def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
@@ -71,6 +83,20 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser().error("--repeats must be >= 1")
+    if args.only:
+        unknown = [w for w in (s.strip().lower() for s in args.only.split(",")) if w and w not in only_words()]
+        if unknown:
+            parser().error(f"--only: unknown name(s) {', '.join(unknown)}; known: {', '.join(sorted(only_words()))}")
+    if args.backends:
+        import fastopt
+
+        info = fastopt.backends()
+        for name in args.backends.split(","):
+            if name not in info:
+                parser().error(f"--backends: unknown backend {name!r}; known: {', '.join(info)}")
+            if not info[name]["available"]:
+                print(f"fastopt bench: backend {name} is unavailable here: {info[name]['reason']}", file=sys.stderr)
+                return 2
     config = Config(quick=args.quick, only=args.only, threads=args.threads,
                     backends=args.backends.split(",") if args.backends else None,
                     sizes=args.sizes, repeats=args.repeats)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import impls, workloads
+from . import impls, lists, workloads
 from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
@@ -206,6 +206,11 @@ class Run:
                         self.tasks.append((f"{model.name} {opt_name} threads={threads}",
                                            lambda s=spec, m=model, t=threads: self.optimizer_task(
                                                s, m.shapes_fn(), "model", f"{m.name} {s.name}", t)))
+            for model in workloads.MODELS:
+                if cfg.wants("lists") and (model.name in workloads.MODELS_QUICK or not cfg.quick):
+                    spec = workloads.OPTIMIZER_BY_NAME[model.optimizers[-1]]
+                    self.tasks.append((f"{model.name} {spec.name} list threads={threads}",
+                                       lambda s=spec, m=model, t=threads: lists.list_task(self, s, m, t)))
             if cfg.wants("clip", "Adam"):
                 n = min(max(cfg.sizes), 10_000_000)
                 spec = workloads.OPTIMIZER_BY_NAME["Adam"]
@@ -514,6 +519,13 @@ def headline(records):
             if r["workload"] == workload and fastopt_cpu(r) and "torch-fused" in r.get("speedup", {}):
                 s = r["speedup"]["torch-fused"]
                 rows.append((f"{workload} vs torch fused over the tensor list (speed-up)", s, f">= {target}", s >= target))
+    for r in top:
+        if r["kind"] == "list" and "speed_vs_flat" in r:
+            rows.append((f"{r['workload']}: speed vs one FlatParams buffer", r["speed_vs_flat"], ">= 0.95",
+                         r["speed_vs_flat"] >= 0.95))
+            if "speed_vs_torch_fused" in r:
+                s = r["speed_vs_torch_fused"]
+                rows.append((f"{r['workload']}: speed-up over torch fused on the same list", s, ">= 1.05", s >= 1.05))
     for r in top:
         if r["kind"] == "overhead" and r["impl"].startswith("fastopt[cpu]"):
             us = r["microseconds"]

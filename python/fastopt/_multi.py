@@ -1,0 +1,53 @@
+"""Many separate arrays in one kernel call per step: the segment table.
+
+The arrays of a step that share the rule's variant and their dtypes form one call; each array
+(a segment) points at a row of scalars (its group's hyper-parameters and its own step count), so
+groups and per-array bias corrections ride in the same call. The cpu backend walks the table in
+one OpenMP region (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make one call per
+array, with the same bits."""
+import numpy as np
+
+ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
+
+
+class Call:
+    """The arrays of one kernel call, built array by array."""
+
+    __slots__ = ("params", "grads", "masters", "states", "row_of", "seeds", "rows")
+
+    def __init__(self):
+        self.params, self.grads, self.masters, self.states = [], [], [], []
+        self.row_of, self.seeds, self.rows = [], [], {}
+
+    def add(self, arrays, row, seed):
+        """`row`: the rule's scalars followed by (grad_scale, weight_decay, decay_factor)."""
+        self.params.append(arrays.param)
+        self.grads.append(arrays.grad)
+        self.masters.append(arrays.master)
+        self.states.append(arrays.states)
+        rows = self.rows
+        index = rows.get(row)
+        if index is None:
+            index = rows[row] = len(rows)
+        self.row_of.append(index)
+        self.seeds.append(seed)
+
+
+def run(module, rule, calls):
+    """Makes the calls: one segment-table call each where the backend has one, else one call per array."""
+    multi = getattr(module, "multi_step", None)
+    for (variant, param_code, grad_code, state_code, has_master), call in calls.items():
+        if multi is None or len(call.params) == 1:
+            rows = list(call.rows)
+            for param, grad, master, states, r, seed in zip(call.params, call.grads, call.masters, call.states,
+                                                            call.row_of, call.seeds):
+                row = rows[r]
+                module.optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master,
+                                      states, row[:-3], row[-3], row[-2], row[-1], seed)
+            continue
+        table = np.zeros((len(call.rows), ROW_SCALARS + 3))
+        for row, r in call.rows.items():
+            table[r, :len(row) - 3] = row[:-3]
+            table[r, ROW_SCALARS:] = row[-3:]
+        multi(rule, variant, param_code, grad_code, state_code, call.params, call.grads,
+              call.masters if has_master else None, call.states, table, call.row_of, call.seeds)
