@@ -54,6 +54,19 @@ FASTOPT_HD BnGradCoefs bn_grad_coefs(double weight, double invstd, double count,
     return BnGradCoefs{dy_coef, dy_coef * invstd * invstd * sum_dy_xmu / count, dy_coef * sum_dy / count};
 }
 
+// BN + add + ReLU (y = max(0, bn(x) + z)): the residual is added to bn(x) in the compute type and
+// the sum rounded once. `v < 0 ? 0 : v` keeps a NaN a NaN, where a max could return the 0.
+template <class C>
+FASTOPT_HD C bn_relu(C v) {
+    return v < C(0) ? C(0) : v;
+}
+
+// The gradient through the ReLU, from its output: dy where y > 0, else 0 (0 at 0, as torch).
+template <class C>
+FASTOPT_HD C bn_relu_grad(C dy, C y) {
+    return y > C(0) ? dy : C(0);
+}
+
 template <class C>
 FASTOPT_HD C bn_input_grad(C dy, C x, C mean, C dy_coef, C x_coef, C offset) {
     return dy_coef * dy - x_coef * (x - mean) - offset;
