@@ -58,14 +58,12 @@ bool forward_typed(const BnForwardCall& call) {
     const int64_t count = outer * inner;
     // Per channel: statistics, running statistics and the normalization's constants.
     auto finalize = [&](int64_t c, double shift, double sum1, double sum2) {
-        BnMoments mo = bn_moments(double(count), sum1, sum2);
-        double batch_mean = shift + mo.mean;
-        save_mean[c] = S(batch_mean);
-        save_invstd[c] = S(bn_invstd(mo.var, call.eps));
+        const BnBatchStats st = bn_batch_stats(double(count), shift, sum1, sum2, call.eps);
+        save_mean[c] = S(st.mean);
+        save_invstd[c] = S(st.invstd);
         if (running_mean != nullptr) {
-            running_mean[c] = S(bn_running_update(double(running_mean[c]), batch_mean, call.momentum));
-            double unbiased = mo.var * (double(count) / double(count - 1));
-            running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, call.momentum));
+            running_mean[c] = S(bn_running_update(double(running_mean[c]), st.mean, call.momentum));
+            running_var[c] = S(bn_running_var_update(double(running_var[c]), st.var, double(count), call.momentum));
         }
     };
     auto constants = [&](int64_t c) {
@@ -187,7 +185,7 @@ bool backward_typed(const BnBackwardCall& call) {
         x_coef[c] = C(k.x_coef);
         offset[c] = C(k.offset);
         if (dweight != nullptr) {
-            dweight[c] = S(s_dy_xmu * invstd);
+            dweight[c] = S(bn_dweight(s_dy_xmu, invstd));
             dbias[c] = S(s_dy);
         }
     };

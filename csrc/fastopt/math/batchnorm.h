@@ -30,6 +30,22 @@ FASTOPT_HD double bn_running_update(double running, double batch, double momentu
     return (1.0 - momentum) * running + momentum * batch;
 }
 
+// A channel's batch statistics from its sums relative to `shift` (see the top of this file): the
+// mean, the biased variance and 1 / sqrt(var + eps).
+struct BnBatchStats {
+    double mean, var, invstd;
+};
+
+FASTOPT_HD BnBatchStats bn_batch_stats(double count, double shift, double sum, double sum_sq, double eps) {
+    BnMoments mo = bn_moments(count, sum, sum_sq);
+    return BnBatchStats{shift + mo.mean, mo.var, bn_invstd(mo.var, eps)};
+}
+
+// running_var takes the unbiased variance of the batch: var * count / (count - 1).
+FASTOPT_HD double bn_running_var_update(double running, double batch_var, double count, double momentum) {
+    return bn_running_update(running, batch_var * (count / (count - 1.0)), momentum);
+}
+
 // Forward, per element: y = (x - mean) * (weight * invstd) + bias. The channel's
 // scale = weight * invstd is formed once; subtracting the mean first keeps y accurate when the
 // mean is large against the spread (x * scale - mean * scale would cancel).
@@ -66,6 +82,9 @@ template <class C>
 FASTOPT_HD C bn_relu_grad(C dy, C y) {
     return y > C(0) ? dy : C(0);
 }
+
+// dweight = sum(dy * xhat) = invstd * sum(dy * (x - mean)); dbias = sum(dy).
+FASTOPT_HD double bn_dweight(double sum_dy_xmu, double invstd) { return sum_dy_xmu * invstd; }
 
 template <class C>
 FASTOPT_HD C bn_input_grad(C dy, C x, C mean, C dy_coef, C x_coef, C offset) {

@@ -128,14 +128,12 @@ __device__ void bn_finalize_forward(const X* __restrict__ x, const double* __res
         s1 += part1[c * c_stride + p * p_stride];
         s2 += part2[c * c_stride + p * p_stride];
     }
-    BnMoments mo = bn_moments(double(count), s1, s2);
-    double mean = load_as<double>(x[c * inner]) + mo.mean;
-    save_mean[c] = S(mean);
-    save_invstd[c] = S(bn_invstd(mo.var, eps));
+    const BnBatchStats st = bn_batch_stats(double(count), load_as<double>(x[c * inner]), s1, s2, eps);
+    save_mean[c] = S(st.mean);
+    save_invstd[c] = S(st.invstd);
     if (running_mean != nullptr) {
-        running_mean[c] = S(bn_running_update(double(running_mean[c]), mean, momentum));
-        double unbiased = mo.var * (double(count) / double(count - 1));
-        running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, momentum));
+        running_mean[c] = S(bn_running_update(double(running_mean[c]), st.mean, momentum));
+        running_var[c] = S(bn_running_var_update(double(running_var[c]), st.var, double(count), momentum));
     }
 }
 
@@ -172,7 +170,7 @@ __device__ void bn_finalize_backward(const double* __restrict__ part1, const dou
     coefs[channels + c] = S(k.x_coef);
     coefs[2 * channels + c] = S(k.offset);
     if (dweight != nullptr) {
-        dweight[c] = S(s2 * invstd);
+        dweight[c] = S(bn_dweight(s2, invstd));
         dbias[c] = S(s1);
     }
 }

@@ -46,6 +46,21 @@ def _bn_running_update(running, batch, momentum):
 
 
 @njit(inline="always")
+def _bn_batch_stats(count, shift, sum1, sum2, eps):
+    """bn_batch_stats: (mean, biased var, invstd) from sums relative to shift."""
+    mean_rel = sum1 / count
+    var = (sum2 - sum1 * mean_rel) / count
+    if var < 0.0:  # rounding; a NaN stays NaN
+        var = 0.0
+    return shift + mean_rel, var, _bn_invstd(var, eps)
+
+
+@njit(inline="always")
+def _bn_running_var_update(running, batch_var, count, momentum):
+    return _bn_running_update(running, batch_var * (np.float64(count) / (np.float64(count) - 1.0)), momentum)
+
+
+@njit(inline="always")
 def _bn_normalize(x, mean, scale, bias):
     return (x - mean) * scale + bias
 
@@ -263,17 +278,12 @@ def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy, y, ma
 def _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var, save_mean,
                        save_invstd):
     """Channel c's statistics and running statistics from its shifted sums."""
-    mean_rel = sum1[c] / count
-    var = (sum2[c] - sum1[c] * mean_rel) / count
-    if var < 0.0:  # rounding; a NaN stays NaN
-        var = 0.0
-    batch_mean = shift[c] + mean_rel
+    batch_mean, var, invstd = _bn_batch_stats(np.float64(count), shift[c], sum1[c], sum2[c], eps)
     save_mean[c] = batch_mean
-    save_invstd[c] = _bn_invstd(var, eps)
+    save_invstd[c] = invstd
     if running_mean.size != 0:
         running_mean[c] = _bn_running_update(np.float64(running_mean[c]), batch_mean, momentum)
-        unbiased = var * (np.float64(count) / np.float64(count - 1))
-        running_var[c] = _bn_running_update(np.float64(running_var[c]), unbiased, momentum)
+        running_var[c] = _bn_running_var_update(np.float64(running_var[c]), var, count, momentum)
 
 
 @njit
