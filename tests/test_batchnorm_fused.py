@@ -330,3 +330,34 @@ def test_rejects_bad_input_before_writing(backend):
     with pytest.raises(ValueError, match="activation"):
         fastopt.BatchNorm(3, activation="tanh")
     assert np.all(dx == 7)
+
+
+def test_mirrored_constants_match_the_kernels():
+    """The block sizes and cache thresholds that the Numba and CUDA launchers mirror by hand equal
+    the C++ and CUDA sources' (they fix the summation order: a drift would change the bits)."""
+    import os
+    import re
+
+    from fastopt.cuda import batchnorm as cuda_bn
+    from fastopt.numba import batchnorm as numba_bn
+
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+
+    def constants(*paths):
+        found = {}
+        for path in paths:
+            with open(os.path.join(root, path)) as f:
+                for name, expr in re.findall(r"^constexpr int(?:64_t)? (k\w+) = ([^;]+);", f.read(), re.M):
+                    found[name] = eval(re.sub(r"int64_t\((\d+)\)", r"\1", expr), {}, dict(found))
+        return found
+
+    cpp = constants("csrc/cpu/batchnorm.h", "csrc/cpu/bn_reduce.h")
+    mirrored = {"BN_BLOCK": "kBnBlock", "ROW_BLOCK_ELEMS": "kBnRowBlockElems", "CHANNEL_BLOCK": "kBnChannelBlock",
+                "LANES": "kLanes", "LINE_BYTES": "kLineBytes", "SHORT_ROW_BYTES": "kBnShortRowBytes",
+                "PREFETCH_BYTES": "kBnPrefetchBytes", "FUSED_GROUP_BYTES": "kBnFusedGroupBytes",
+                "CHANNELWISE_GROUP_BYTES": "kBnChannelwiseGroupBytes",
+                "CONTIGUOUS_RUN_BYTES": "kBnContiguousRunBytes", "SWEEP_MIN_INNER": "kBnGroupMinInner"}
+    for py_name, cpp_name in mirrored.items():
+        assert getattr(numba_bn, py_name) == cpp[cpp_name], py_name
+    cu = constants("python/fastopt/cuda/batchnorm.cu")
+    assert cuda_bn.THREADS == cu["kBnThreads"] and cuda_bn.ROW_THREADS == cu["kBnRowThreads"]

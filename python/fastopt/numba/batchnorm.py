@@ -21,7 +21,7 @@ from .optim import runs_parallel
 BN_BLOCK = 16384
 ROW_BLOCK_ELEMS = 262144
 CHANNEL_BLOCK = 4096
-LANES = 32  # csrc/cpu/isa_batchnorm.cpp kLanes
+LANES = 32  # csrc/cpu/bn_reduce.h kLanes
 LINE_BYTES = 64
 SHORT_ROW_BYTES = 4096  # kBnShortRowBytes
 PREFETCH_BYTES = 5120  # kBnPrefetchBytes
