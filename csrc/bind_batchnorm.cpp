@@ -24,7 +24,8 @@ using fastopt::bind::mutable_data_or_null;
 
 void py_batch_norm_forward(int dtype, py::array x, py::array y, int64_t outer, int64_t channels, int64_t inner,
                            py::object weight, py::object bias, py::object running_mean, py::object running_var,
-                           py::array save_mean, py::array save_invstd, double momentum, double eps, bool training) {
+                           py::array save_mean, py::array save_invstd, double momentum, double eps, bool training,
+                           py::object residual, bool relu) {
     BnForwardCall call{};
     call.dtype = DType(dtype);
     call.x = x.data();
@@ -42,6 +43,8 @@ void py_batch_norm_forward(int dtype, py::array x, py::array y, int64_t outer, i
     call.eps = eps;
     call.training = training;
     call.num_threads = num_threads();
+    call.residual = data_or_null(residual);
+    call.relu = relu;
     bool done;
     {
         py::gil_scoped_release release;
@@ -52,7 +55,8 @@ void py_batch_norm_forward(int dtype, py::array x, py::array y, int64_t outer, i
 
 void py_batch_norm_backward(int dtype, py::array dy, py::array x, py::array dx, int64_t outer, int64_t channels,
                             int64_t inner, py::object weight, py::array save_mean, py::array save_invstd,
-                            py::object dweight, py::object dbias, bool training) {
+                            py::object dweight, py::object dbias, bool training, py::object y,
+                            py::object dresidual) {
     BnBackwardCall call{};
     call.dtype = DType(dtype);
     call.dy = dy.data();
@@ -68,6 +72,8 @@ void py_batch_norm_backward(int dtype, py::array dy, py::array x, py::array dx, 
     call.dbias = mutable_data_or_null(dbias);
     call.training = training;
     call.num_threads = num_threads();
+    call.y = data_or_null(y);
+    call.dresidual = mutable_data_or_null(dresidual);
     bool done;
     {
         py::gil_scoped_release release;
@@ -79,6 +85,14 @@ void py_batch_norm_backward(int dtype, py::array dy, py::array x, py::array dx, 
 }  // namespace
 
 void register_batchnorm(py::module_& m) {
-    m.def("batch_norm_forward", &py_batch_norm_forward);
-    m.def("batch_norm_backward", &py_batch_norm_backward);
+    // residual/relu and y/dresidual (BN + add + ReLU) default to plain BatchNorm.
+    m.def("batch_norm_forward", &py_batch_norm_forward, py::arg("dtype"), py::arg("x"), py::arg("y"),
+          py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("weight"), py::arg("bias"),
+          py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"), py::arg("save_invstd"),
+          py::arg("momentum"), py::arg("eps"), py::arg("training"), py::arg("residual") = py::none(),
+          py::arg("relu") = false);
+    m.def("batch_norm_backward", &py_batch_norm_backward, py::arg("dtype"), py::arg("dy"), py::arg("x"),
+          py::arg("dx"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("weight"),
+          py::arg("save_mean"), py::arg("save_invstd"), py::arg("dweight"), py::arg("dbias"),
+          py::arg("training"), py::arg("y") = py::none(), py::arg("dresidual") = py::none());
 }

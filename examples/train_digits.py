@@ -67,23 +67,27 @@ class MLP:
             from fastopt.distributed import sync_batch_norm_forward
             z, mean, invstd = sync_batch_norm_forward(h, self.gamma, self.beta, self.running_mean, self.running_var,
                                                       comm=self.comm, training=training, momentum=0.1, eps=1e-5)
+            a = np.maximum(z, 0)
         else:
-            z, mean, invstd = fastopt.batch_norm_forward(h, self.gamma, self.beta, self.running_mean,
-                                                         self.running_var, training=training, momentum=0.1, eps=1e-5)
-        a = np.maximum(z, 0)
+            # BatchNorm and ReLU in one kernel: a = max(0, bn(h)).
+            a, mean, invstd = fastopt.batch_norm_forward(h, self.gamma, self.beta, self.running_mean,
+                                                         self.running_var, training=training, momentum=0.1,
+                                                         eps=1e-5, activation="relu")
         logits = a @ self.w2 + self.b2
-        return logits, (x, h, z, a, mean, invstd)
+        return logits, (x, h, a, mean, invstd)
 
     def backward(self, dlogits, cache):
-        x, h, z, a, mean, invstd = cache
+        x, h, a, mean, invstd = cache
         self.gw2[...] = a.T @ dlogits
         self.gb2[...] = dlogits.sum(axis=0)
-        dz = (dlogits @ self.w2.T) * (z > 0)
         if self.comm is not None:
             from fastopt.distributed import sync_batch_norm_backward
+            dz = (dlogits @ self.w2.T) * (a > 0)
             dh, dgamma, dbeta = sync_batch_norm_backward(dz, h, self.gamma, mean, invstd, comm=self.comm)
         else:
-            dh, dgamma, dbeta = fastopt.batch_norm_backward(dz, h, self.gamma, mean, invstd)
+            # The ReLU's mask comes from its output a.
+            dh, dgamma, dbeta = fastopt.batch_norm_backward(dlogits @ self.w2.T, h, self.gamma, mean, invstd,
+                                                            activation="relu", y=a)
         self.ggamma[...] = dgamma
         self.gbeta[...] = dbeta
         self.gw1[...] = x.T @ dh

@@ -123,7 +123,7 @@ def shipped_sources():
     from fastopt.cuda import batchnorm
 
     return {cuda.SOURCE: (_nvrtc.read_source(cuda.SOURCE), list(cuda.all_kernel_names())),
-            batchnorm.SOURCE: (_nvrtc.read_source(batchnorm.SOURCE), list(batchnorm.name_expressions()))}
+            batchnorm.SOURCE: (_nvrtc.read_source(batchnorm.SOURCE), list(batchnorm.all_name_expressions()))}
 
 
 def _arg(value):

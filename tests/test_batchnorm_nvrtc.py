@@ -36,3 +36,18 @@ def test_kernels_do_not_spill_registers():
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     assert len(spills) >= len(names), log
     assert all(stores == "0" and loads == "0" for stores, loads in spills), log
+
+
+@pytest.mark.parametrize("arch", _nvrtc.TARGET_ARCHS)
+def test_every_fused_batchnorm_kernel_compiles_without_spills(arch):
+    """BN + add + ReLU: compiled in the launchers' module (all_name_expressions); no spills on sm_80."""
+    from fastopt.cuda.batchnorm import all_name_expressions, fused_name_expressions
+
+    names = fused_name_expressions()
+    assert len(names) == 4 * 4 and set(names) <= set(all_name_expressions())
+    log = _nvrtc.compile_check(SOURCE, all_name_expressions(), arch)
+    assert "warning" not in log.lower(), log
+    log = _nvrtc.compile_check(SOURCE, names, "sm_80", ["--ptxas-options=-v"])
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) >= len(names), log
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), log

@@ -467,3 +467,25 @@ def test_cli_refuses_unknown_names_and_unavailable_backends(capsys):
     if not fastopt.backends()["cuda"]["available"]:
         assert bench_main(["--backends", "cuda"]) != 0
         assert "cuda is unavailable" in capsys.readouterr().err
+
+
+def test_fused_batchnorm_rows_check_and_time(monkeypatch):
+    """BN+ReLU and BN+add+ReLU rows: fused, unfused (fastopt + NumPy passes) and torch, each with
+    the fused minimal passes' limit; the unfused and torch results are checked against the fused."""
+    pytest.importorskip("fastopt._cpu")
+    from fastopt.bench.bn_fused import fused_passes
+
+    small_batchnorm(monkeypatch)
+    result = run(tiny_config(only="bnfused"))
+    rows = [r for r in result["records"] if r["kind"] == "batchnorm_fused"]
+    impls_per_row = 3 if torch is not None else 2
+    assert len([r for r in rows if "seconds" in r]) == 3 * 2 * impls_per_row
+    for r in rows:
+        if "seconds" not in r:
+            continue
+        residual = r["workload"].startswith("BN+add+ReLU")
+        assert r["passes"] == fused_passes(tuple(r["shape"]), r["axis"], residual, r["threads"])
+        assert 0 < r["fraction_of_limit"] and r["limit_seconds"] > 0
+    # Forward: x (+ z) read, y written; backward: dy, x, y read, dx (+ dresidual) written.
+    assert pattern_bytes(fused_passes((64, 64, 56, 56), 1, True, 2), 4) == 4 * (2 + 1 + 3 + 2)
+    assert pattern_bytes(fused_passes((64, 56, 56, 64), -1, False, 2), 4) == 4 * (1 + 1 + 1 + 3 + 3 + 1)

@@ -27,6 +27,8 @@ struct BnForwardCall {
     double momentum, eps;
     bool training;
     int num_threads;
+    const void* residual;  // may be null; else y = bn(x) + residual (before the ReLU)
+    bool relu;             // y = max(0, ...)
 };
 
 struct BnBackwardCall {
@@ -42,6 +44,8 @@ struct BnBackwardCall {
     void* dbias;              // may be null (not affine)
     bool training;
     int num_threads;
+    const void* y;            // may be null; else the output of a ReLU forward: dy counts where y > 0
+    void* dresidual;          // may be null; else gets dy * (y > 0) (dy where y is null)
 };
 
 // A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows

@@ -10,6 +10,11 @@ Each call makes at most two passes over the data: the forward reads ``x`` once f
 statistics (training only) and once to write ``y``; the backward reads ``dy`` and ``x`` once for
 the channel sums and once more to write ``dx``. ``out=`` takes the buffer for ``y`` or ``dx`` so
 that a training loop allocates nothing per step.
+
+BN + add + ReLU (``activation="relu"``, ``residual=z``): ``y = max(0, bn(x) + z)`` is formed in the
+forward's write pass, and the backward takes ``dy * (y > 0)`` (gradient 0 at 0, as torch) as
+BatchNorm's incoming gradient inside its own two passes, reading the mask from the forward's
+output ``y``; ``dresidual`` is that same masked ``dy`` (docs/batchnorm.md gives the byte counts).
 """
 import numpy as np
 
@@ -105,6 +110,12 @@ def _pair(name, value):
     return value
 
 
+def _activation(activation):
+    if activation is not None and activation != "relu":
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return activation == "relu"
+
+
 def _kernels(layout, backend):
     chosen = _backend.select(layout.kind, backend)
     if chosen.name == "numba":
@@ -117,7 +128,8 @@ def _kernels(layout, backend):
 
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
-                       momentum=0.1, eps=1e-5, axis=1, out=None, stats_out=None, x_dtype=None, backend=None):
+                       momentum=0.1, eps=1e-5, axis=1, out=None, stats_out=None, x_dtype=None, backend=None,
+                       activation=None, residual=None):
     """Batch normalization forward; returns ``(y, save_mean, save_invstd)``.
 
     Training: per channel, ``mean`` and biased ``var`` of the batch (float64 shifted sums, exact
@@ -131,8 +143,15 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     in evaluation. ``out``: buffer for ``y`` (x's shape and dtype); ``stats_out``: a pair of (C,)
     buffers for ``save_mean`` and ``save_invstd``. ``x_dtype``: 'bfloat16' or 'float16' for CuPy
     data stored as uint16.
+
+    ``residual``: an array like x added to the normalized values; ``activation="relu"``: then
+    ``y = max(0, ...)``. Both are applied while y is written (no extra pass); the addition is in
+    the statistics' type, rounded once to x's dtype.
     """
     layout = _Layout("x", x, axis, x_dtype)
+    relu = _activation(activation)
+    if residual is not None:
+        _data_array("residual", residual, x, layout, x_dtype, writable=False)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     training = bool(training)
@@ -160,7 +179,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         _data_array("out", out, x, layout, x_dtype, writable=True)
     _check_written_disjoint([("running_mean", running_mean), ("running_var", running_var),
                              ("stats_out[0]", save_mean), ("stats_out[1]", save_invstd), ("out", out)],
-                            [("x", x), ("weight", weight), ("bias", bias)])
+                            [("x", x), ("weight", weight), ("bias", bias), ("residual", residual)])
     kernels = _kernels(layout, backend)
 
     xp = _backend.array_module(layout.kind)
@@ -171,13 +190,16 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     if save_invstd is None:
         save_invstd = xp.empty(layout.channels, stat_dtype)
     kernels.batch_norm_forward(layout.code, x, y, layout.outer, layout.channels, layout.inner, weight, bias,
-                               running_mean, running_var, save_mean, save_invstd, momentum, eps, training)
+                               running_mean, running_var, save_mean, save_invstd, momentum, eps, training,
+                               residual, relu)
     return y, save_mean, save_invstd
 
 
 def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, out=None,
-                        grads_out=None, x_dtype=None, backend=None):
-    """Batch normalization backward; returns ``(dx, dweight, dbias)``.
+                        grads_out=None, x_dtype=None, backend=None, activation=None, y=None, residual=False,
+                        residual_out=None):
+    """Batch normalization backward; returns ``(dx, dweight, dbias)``, or
+    ``(dx, dweight, dbias, dresidual)`` with ``residual=True``.
 
     ``save_mean`` and ``save_invstd`` come from :func:`batch_norm_forward` with the same
     ``training``. Per channel ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``; training:
@@ -185,8 +207,27 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
     evaluation: ``dx = dy * weight * invstd``. ``dweight`` and ``dbias`` are None when
     ``weight`` is None. ``out``: buffer for ``dx``; ``grads_out``: a pair of (C,) buffers for
     ``dweight`` and ``dbias``.
+
+    After a forward with ``activation="relu"``: pass the same ``activation`` and that forward's
+    output as ``y``; the incoming gradient is then ``dy * (y > 0)``. ``residual=True`` (the forward
+    had a residual) also returns ``dresidual``, that gradient, written in the same pass as dx
+    (into ``residual_out`` when given).
     """
     layout = _Layout("x", x, axis, x_dtype)
+    relu = _activation(activation)
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"residual must be a bool (whether the forward added one), got {type(residual).__name__}")
+    residual = bool(residual)
+    if relu:
+        if y is None:
+            raise ValueError("activation='relu' needs y, the forward's output, for the ReLU's mask")
+        _data_array("y", y, x, layout, x_dtype, writable=False)
+    elif y is not None:
+        raise ValueError("y is the output of a ReLU forward: pass it with activation='relu'")
+    if residual_out is not None:
+        if not residual:
+            raise ValueError("residual_out is the buffer for dresidual, which exists only with residual=True")
+        _data_array("residual_out", residual_out, x, layout, x_dtype, writable=True)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     training = bool(training)
@@ -204,9 +245,10 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
         raise ValueError("grads_out is for dweight and dbias, which exist only when weight is given")
     if out is not None:
         _data_array("out", out, x, layout, x_dtype, writable=True)
-    _check_written_disjoint([("grads_out[0]", dweight), ("grads_out[1]", dbias), ("out", out)],
+    _check_written_disjoint([("grads_out[0]", dweight), ("grads_out[1]", dbias), ("out", out),
+                             ("residual_out", residual_out)],
                             [("dy", dy), ("x", x), ("weight", weight), ("save_mean", save_mean),
-                             ("save_invstd", save_invstd)])
+                             ("save_invstd", save_invstd), ("y", y)])
     kernels = _kernels(layout, backend)
 
     xp = _backend.array_module(layout.kind)
@@ -217,8 +259,14 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
             dweight = xp.empty(layout.channels, stat_dtype)
         if dbias is None:
             dbias = xp.empty(layout.channels, stat_dtype)
+    dresidual = None
+    if residual:
+        dresidual = xp.empty_like(x) if residual_out is None else residual_out
     kernels.batch_norm_backward(layout.code, dy, x, dx, layout.outer, layout.channels, layout.inner, weight,
-                                save_mean, save_invstd, dweight, dbias, training)
+                                save_mean, save_invstd, dweight, dbias, training, y if relu else None,
+                                dresidual)
+    if residual:
+        return dx, dweight, dbias, dresidual
     return dx, dweight, dbias
 
 
@@ -234,10 +282,14 @@ class BatchNorm:
 
         y = bn.forward(x, training=True)
         dx = bn.backward(dy)            # bn.dweight, bn.dbias hold the parameter gradients
+
+    ``activation="relu"`` gives ``y = max(0, bn(x))``, or ``max(0, bn(x) + residual)`` with
+    ``forward(x, residual=z)``; then ``backward`` returns ``(dx, dresidual)``. The backward reads
+    the ReLU's mask from the last forward's output: leave that array unchanged until then.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, axis=1,
-                 dtype=np.float32, xp=np, backend=None):
+                 dtype=np.float32, xp=np, backend=None, activation=None):
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
             raise ValueError(f"num_features must be an integer >= 1, got {num_features!r}")
         if axis not in (1, -1):
@@ -245,6 +297,8 @@ class BatchNorm:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64 (parameters and statistics), got {dtype}")
+        _activation(activation)
+        self.activation = activation
         self.num_features, self.axis, self.affine = int(num_features), axis, bool(affine)
         self.eps = _checks.positive("eps", eps)
         self.momentum = None if momentum is None else _checks.unit_interval("momentum", momentum, closed=True)
@@ -260,8 +314,9 @@ class BatchNorm:
         self.num_batches_tracked = 0
         self._save_mean, self._save_invstd = xp.zeros(n, dtype), xp.zeros(n, dtype)
         self._x, self._batch_stats = None, True
+        self._y, self._residual = None, False
 
-    def forward(self, x, training=True, out=None):
+    def forward(self, x, training=True, out=None, residual=None):
         batch_stats = bool(training) or not self.track_running_stats
         update = bool(training) and self.track_running_stats
         momentum = 0.0
@@ -271,23 +326,27 @@ class BatchNorm:
             x, self.weight, self.bias, self.running_mean if update or not batch_stats else None,
             self.running_var if update or not batch_stats else None, training=batch_stats, momentum=momentum,
             eps=self.eps, axis=self.axis, out=out, stats_out=(self._save_mean, self._save_invstd),
-            backend=self.backend)
+            backend=self.backend, activation=self.activation, residual=residual)
         if update:
             self.num_batches_tracked += 1
         self._x, self._batch_stats = x, batch_stats
+        self._y = y if self.activation is not None else None
+        self._residual = residual is not None
         return y
 
     __call__ = forward
 
-    def backward(self, dy, out=None):
-        """dx for the last forward's x; fills ``dweight`` and ``dbias`` when affine."""
+    def backward(self, dy, out=None, residual_out=None):
+        """dx for the last forward's x, or ``(dx, dresidual)`` when that forward had a residual;
+        fills ``dweight`` and ``dbias`` when affine."""
         if self._x is None:
             raise RuntimeError("backward() needs a forward() first")
         grads = (self.dweight, self.dbias) if self.affine else None
-        dx, _, _ = batch_norm_backward(dy, self._x, self.weight, self._save_mean, self._save_invstd,
-                                       axis=self.axis, training=self._batch_stats, out=out, grads_out=grads,
-                                       backend=self.backend)
-        return dx
+        result = batch_norm_backward(dy, self._x, self.weight, self._save_mean, self._save_invstd,
+                                     axis=self.axis, training=self._batch_stats, out=out, grads_out=grads,
+                                     backend=self.backend, activation=self.activation, y=self._y,
+                                     residual=self._residual, residual_out=residual_out)
+        return (result[0], result[3]) if self._residual else result[0]
 
     def parameters(self):
         return [p for p in (self.weight, self.bias) if p is not None]

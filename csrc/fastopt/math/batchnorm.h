@@ -30,6 +30,22 @@ FASTOPT_HD double bn_running_update(double running, double batch, double momentu
     return (1.0 - momentum) * running + momentum * batch;
 }
 
+// A channel's batch statistics from its sums relative to `shift` (see the top of this file): the
+// mean, the biased variance and 1 / sqrt(var + eps).
+struct BnBatchStats {
+    double mean, var, invstd;
+};
+
+FASTOPT_HD BnBatchStats bn_batch_stats(double count, double shift, double sum, double sum_sq, double eps) {
+    BnMoments mo = bn_moments(count, sum, sum_sq);
+    return BnBatchStats{shift + mo.mean, mo.var, bn_invstd(mo.var, eps)};
+}
+
+// running_var takes the unbiased variance of the batch: var * count / (count - 1).
+FASTOPT_HD double bn_running_var_update(double running, double batch_var, double count, double momentum) {
+    return bn_running_update(running, batch_var * (count / (count - 1.0)), momentum);
+}
+
 // Forward, per element: y = (x - mean) * (weight * invstd) + bias. The channel's
 // scale = weight * invstd is formed once; subtracting the mean first keeps y accurate when the
 // mean is large against the spread (x * scale - mean * scale would cancel).
@@ -53,6 +69,22 @@ FASTOPT_HD BnGradCoefs bn_grad_coefs(double weight, double invstd, double count,
     if (!training) return BnGradCoefs{dy_coef, 0.0, 0.0};
     return BnGradCoefs{dy_coef, dy_coef * invstd * invstd * sum_dy_xmu / count, dy_coef * sum_dy / count};
 }
+
+// BN + add + ReLU (y = max(0, bn(x) + z)): the residual is added to bn(x) in the compute type and
+// the sum rounded once. `v < 0 ? 0 : v` keeps a NaN a NaN, where a max could return the 0.
+template <class C>
+FASTOPT_HD C bn_relu(C v) {
+    return v < C(0) ? C(0) : v;
+}
+
+// The gradient through the ReLU, from its output: dy where y > 0, else 0 (0 at 0, as torch).
+template <class C>
+FASTOPT_HD C bn_relu_grad(C dy, C y) {
+    return y > C(0) ? dy : C(0);
+}
+
+// dweight = sum(dy * xhat) = invstd * sum(dy * (x - mean)); dbias = sum(dy).
+FASTOPT_HD double bn_dweight(double sum_dy_xmu, double invstd) { return sum_dy_xmu * invstd; }
 
 template <class C>
 FASTOPT_HD C bn_input_grad(C dy, C x, C mean, C dy_coef, C x_coef, C offset) {

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import impls, lists, workloads
+from . import bn_fused, impls, lists, workloads
 from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
@@ -229,6 +229,9 @@ class Run:
                 if cfg.wants("batchnorm", "bn"):
                     self.tasks.append((f"BatchNorm {bn.name} threads={threads}",
                                        lambda b=bn, t=threads: self.batchnorm_task(b, t)))
+                if cfg.wants("batchnorm", "bn", "bnfused"):
+                    self.tasks.append((f"BN+ReLU, BN+add+ReLU {bn.name} threads={threads}",
+                                       lambda b=bn, t=threads: bn_fused.task(self, b, t)))
             if cfg.wants("overhead"):
                 self.tasks.append((f"call overhead n={workloads.OVERHEAD_SIZE} threads={threads}",
                                    lambda t=threads: self.overhead_task(t)))

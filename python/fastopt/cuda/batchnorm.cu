@@ -27,13 +27,15 @@ __device__ __forceinline__ double bn_center(const X* x, const S* mean, long long
     return load_as<double>(x[c * inner]);
 }
 
-// Forward: sums of d and d * d with d = x - center; backward: sums of dy and dy * (x - mean).
+// Forward: sums of d and d * d with d = x - center; backward: sums of dy and dy * (x - mean),
+// dy taken as dy * (ym > 0) where ym (a ReLU's output) is given.
 template <class X, bool kGrad>
-__device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, long long k, double center, double& a,
-                                              double& b) {
+__device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, const X* ym, long long k, double center,
+                                              double& a, double& b) {
     double d = load_as<double>(x[k]) - center;
     if (kGrad) {
         double g = load_as<double>(dy[k]);
+        if (ym != nullptr) g = bn_relu_grad<double>(g, load_as<double>(ym[k]));
         a += g;
         b += g * d;
     } else {
@@ -46,7 +48,8 @@ __device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, long long
 // [b * chunk, (b + 1) * chunk) in (outer, inner) order: consecutive threads read consecutive
 // addresses within each row, so loads are coalesced.
 template <class X, class S, bool kGrad>
-__device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__ dy, const S* __restrict__ mean,
+__device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__ dy, const X* __restrict__ ym,
+                                  const S* __restrict__ mean,
                                   long long outer, long long channels, long long inner, long long chunk,
                                   double* __restrict__ part1, double* __restrict__ part2) {
     const long long c = blockIdx.x, b = blockIdx.y;
@@ -57,7 +60,7 @@ __device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__
     double a = 0.0, s = 0.0;
     for (long long m = begin + threadIdx.x; m < end; m += kBnThreads) {
         long long o = m / inner, i = m - o * inner;
-        bn_accumulate<X, kGrad>(x, dy, (o * channels + c) * inner + i, center, a, s);
+        bn_accumulate<X, kGrad>(x, dy, ym, (o * channels + c) * inner + i, center, a, s);
     }
     __shared__ double warp1[kBnWarps], warp2[kBnWarps];
     a = bn_warp_sum(a);
@@ -82,7 +85,8 @@ __device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__
 // Channels-last: block (32, 8), grid (ceil(channels / 32), row blocks). A warp reads 32
 // consecutive channels of one row (coalesced); the 8 row lanes are then added in order.
 template <class X, class S, bool kGrad>
-__device__ void bn_reduce_rows(const X* __restrict__ x, const X* __restrict__ dy, const S* __restrict__ mean,
+__device__ void bn_reduce_rows(const X* __restrict__ x, const X* __restrict__ dy, const X* __restrict__ ym,
+                               const S* __restrict__ mean,
                                long long rows, long long channels, long long rows_per_block,
                                double* __restrict__ part1, double* __restrict__ part2) {
     const long long c = (long long)blockIdx.x * 32 + threadIdx.x;
@@ -92,7 +96,7 @@ __device__ void bn_reduce_rows(const X* __restrict__ x, const X* __restrict__ dy
     if (c < channels) {
         const double center = bn_center<X, S, kGrad>(x, mean, c, 1);
         for (long long r = r0 + threadIdx.y; r < r1; r += kBnRowThreads)
-            bn_accumulate<X, kGrad>(x, dy, r * channels + c, center, a, s);
+            bn_accumulate<X, kGrad>(x, dy, ym, r * channels + c, center, a, s);
     }
     __shared__ double rows1[kBnRowThreads][32], rows2[kBnRowThreads][32];
     rows1[threadIdx.y][threadIdx.x] = a;
@@ -124,14 +128,12 @@ __device__ void bn_finalize_forward(const X* __restrict__ x, const double* __res
         s1 += part1[c * c_stride + p * p_stride];
         s2 += part2[c * c_stride + p * p_stride];
     }
-    BnMoments mo = bn_moments(double(count), s1, s2);
-    double mean = load_as<double>(x[c * inner]) + mo.mean;
-    save_mean[c] = S(mean);
-    save_invstd[c] = S(bn_invstd(mo.var, eps));
+    const BnBatchStats st = bn_batch_stats(double(count), load_as<double>(x[c * inner]), s1, s2, eps);
+    save_mean[c] = S(st.mean);
+    save_invstd[c] = S(st.invstd);
     if (running_mean != nullptr) {
-        running_mean[c] = S(bn_running_update(double(running_mean[c]), mean, momentum));
-        double unbiased = mo.var * (double(count) / double(count - 1));
-        running_var[c] = S(bn_running_update(double(running_var[c]), unbiased, momentum));
+        running_mean[c] = S(bn_running_update(double(running_mean[c]), st.mean, momentum));
+        running_var[c] = S(bn_running_var_update(double(running_var[c]), st.var, double(count), momentum));
     }
 }
 
@@ -168,33 +170,42 @@ __device__ void bn_finalize_backward(const double* __restrict__ part1, const dou
     coefs[channels + c] = S(k.x_coef);
     coefs[2 * channels + c] = S(k.offset);
     if (dweight != nullptr) {
-        dweight[c] = S(s2 * invstd);
+        dweight[c] = S(bn_dweight(s2, invstd));
         dbias[c] = S(s1);
     }
 }
 
+// y = bn(x), + z where z is given, then max(0, .) where relu (BN + add + ReLU).
 template <class X, class S>
 __device__ void bn_normalize_all(const X* __restrict__ x, X* __restrict__ y, long long n, long long channels,
                                  long long inner, const S* __restrict__ save_mean,
                                  const S* __restrict__ save_invstd, const S* __restrict__ weight,
-                                 const S* __restrict__ bias) {
+                                 const S* __restrict__ bias, const X* __restrict__ z = nullptr, bool relu = false) {
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
          k += (long long)gridDim.x * blockDim.x) {
         long long c = (k / inner) % channels;
         S scale = (weight != nullptr ? weight[c] : S(1)) * save_invstd[c];
         S shift = bias != nullptr ? bias[c] : S(0);
-        y[k] = store_as<X>(bn_normalize<S>(load_as<S>(x[k]), save_mean[c], scale, shift));
+        S v = bn_normalize<S>(load_as<S>(x[k]), save_mean[c], scale, shift);
+        if (z != nullptr) v = v + load_as<S>(z[k]);
+        if (relu) v = bn_relu(v);
+        y[k] = store_as<X>(v);
     }
 }
 
+// dy taken as dy * (ym > 0) where ym (a ReLU's output) is given; dres, where given, gets that dy.
 template <class X, class S>
 __device__ void bn_input_grad_all(const X* __restrict__ dy, const X* __restrict__ x, X* __restrict__ dx,
                                   long long n, long long channels, long long inner,
-                                  const S* __restrict__ save_mean, const S* __restrict__ coefs) {
+                                  const S* __restrict__ save_mean, const S* __restrict__ coefs,
+                                  const X* __restrict__ ym = nullptr, X* __restrict__ dres = nullptr) {
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
          k += (long long)gridDim.x * blockDim.x) {
         long long c = (k / inner) % channels;
-        dx[k] = store_as<X>(bn_input_grad<S>(load_as<S>(dy[k]), load_as<S>(x[k]), save_mean[c], coefs[c],
+        S g = load_as<S>(dy[k]);
+        if (ym != nullptr) g = bn_relu_grad<S>(g, load_as<S>(ym[k]));
+        if (dres != nullptr) dres[k] = store_as<X>(g);
+        dx[k] = store_as<X>(bn_input_grad<S>(g, load_as<S>(x[k]), save_mean[c], coefs[c],
                                              coefs[channels + c], coefs[2 * channels + c]));
     }
 }
@@ -208,7 +219,7 @@ __global__ void __launch_bounds__(256) fastopt_bn_reduce_strided(const X* x, con
                                                                  long long outer, long long channels,
                                                                  long long inner, long long chunk, double* part1,
                                                                  double* part2) {
-    fastopt::bn_reduce_strided<X, S, kGrad>(x, dy, mean, outer, channels, inner, chunk, part1, part2);
+    fastopt::bn_reduce_strided<X, S, kGrad>(x, dy, nullptr, mean, outer, channels, inner, chunk, part1, part2);
 }
 
 template <class X, class S, bool kGrad>
@@ -216,7 +227,7 @@ __global__ void __launch_bounds__(256) fastopt_bn_reduce_rows(const X* x, const 
                                                               long long rows, long long channels,
                                                               long long rows_per_block, double* part1,
                                                               double* part2) {
-    fastopt::bn_reduce_rows<X, S, kGrad>(x, dy, mean, rows, channels, rows_per_block, part1, part2);
+    fastopt::bn_reduce_rows<X, S, kGrad>(x, dy, nullptr, mean, rows, channels, rows_per_block, part1, part2);
 }
 
 template <class X, class S>
@@ -254,4 +265,39 @@ template <class X, class S>
 __global__ void fastopt_bn_input_grad(const X* dy, const X* x, X* dx, long long n, long long channels,
                                       long long inner, const S* save_mean, const S* coefs) {
     fastopt::bn_input_grad_all<X, S>(dy, x, dx, n, channels, inner, save_mean, coefs);
+}
+
+// BN + add + ReLU (fused_name_expressions in batchnorm.py). The backward's reductions through the
+// ReLU: ym is its output.
+template <class X, class S>
+__global__ void __launch_bounds__(256) fastopt_bn_reduce_strided_relu(const X* x, const X* dy, const X* ym,
+                                                                      const S* mean, long long outer,
+                                                                      long long channels, long long inner,
+                                                                      long long chunk, double* part1,
+                                                                      double* part2) {
+    fastopt::bn_reduce_strided<X, S, true>(x, dy, ym, mean, outer, channels, inner, chunk, part1, part2);
+}
+
+template <class X, class S>
+__global__ void __launch_bounds__(256) fastopt_bn_reduce_rows_relu(const X* x, const X* dy, const X* ym,
+                                                                   const S* mean, long long rows,
+                                                                   long long channels, long long rows_per_block,
+                                                                   double* part1, double* part2) {
+    fastopt::bn_reduce_rows<X, S, true>(x, dy, ym, mean, rows, channels, rows_per_block, part1, part2);
+}
+
+// z (the residual) may be null; relu: 0 or 1.
+template <class X, class S>
+__global__ void fastopt_bn_normalize_fused(const X* x, X* y, long long n, long long channels, long long inner,
+                                           const S* save_mean, const S* save_invstd, const S* weight,
+                                           const S* bias, const X* z, int relu) {
+    fastopt::bn_normalize_all<X, S>(x, y, n, channels, inner, save_mean, save_invstd, weight, bias, z, relu != 0);
+}
+
+// ym (the ReLU's output) and dres (dresidual) may be null.
+template <class X, class S>
+__global__ void fastopt_bn_input_grad_fused(const X* dy, const X* x, X* dx, long long n, long long channels,
+                                            long long inner, const S* save_mean, const S* coefs, const X* ym,
+                                            X* dres) {
+    fastopt::bn_input_grad_all<X, S>(dy, x, dx, n, channels, inner, save_mean, coefs, ym, dres);
 }

@@ -27,8 +27,22 @@ def name_expressions():
     return tuple(names)
 
 
+def fused_name_expressions():
+    """The instantiations of BN + add + ReLU (residual, ReLU; the backward through the ReLU)."""
+    names = []
+    for x, s in TYPES.values():
+        names += [f"fastopt_bn_reduce_strided_relu<{x}, {s}>", f"fastopt_bn_reduce_rows_relu<{x}, {s}>",
+                  f"fastopt_bn_normalize_fused<{x}, {s}>", f"fastopt_bn_input_grad_fused<{x}, {s}>"]
+    return tuple(names)
+
+
+def all_name_expressions():
+    """What the launchers compile: one module for plain and fused BatchNorm."""
+    return name_expressions() + fused_name_expressions()
+
+
 def _launch(device, name, grid, block, args):
-    device.launch(SOURCE, name_expressions(), name, grid, block, args)
+    device.launch(SOURCE, all_name_expressions(), name, grid, block, args)
 
 
 _NULL = np.uint64(0)  # a null pointer argument
@@ -42,10 +56,16 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _reduce(device, code, x, dy, mean, outer, channels, inner, grad):
-    """Stage 1: float64 partial sums; returns (part1, part2, num_parts, c_stride, p_stride)."""
+def _reduce(device, code, x, dy, mean, outer, channels, inner, grad, ym=None):
+    """Stage 1: float64 partial sums; returns (part1, part2, num_parts, c_stride, p_stride). ym: a
+    ReLU's output, which masks dy."""
     xt, st = TYPES[code]
     flag = "true" if grad else "false"
+
+    def kernel(kind):
+        if ym is None:
+            return f"fastopt_bn_reduce_{kind}<{xt}, {st}, {flag}>", ()
+        return f"fastopt_bn_reduce_{kind}_relu<{xt}, {st}>", (ym,)
     count = outer * inner
     if inner > 1:
         # Enough blocks to fill the device, chunks of at least 8 values per thread; fixed by the shape.
@@ -54,8 +74,9 @@ def _reduce(device, code, x, dy, mean, outer, channels, inner, grad):
         chunks = _ceil_div(count, chunk)
         part1 = device.empty(channels * chunks, np.float64)
         part2 = device.empty(channels * chunks, np.float64)
-        _launch(device, f"fastopt_bn_reduce_strided<{xt}, {st}, {flag}>", (channels, chunks), (THREADS,),
-                (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(inner), np.int64(chunk),
+        name, masks = kernel("strided")
+        _launch(device, name, (channels, chunks), (THREADS,),
+                (x, _ptr(dy), *masks, _ptr(mean), np.int64(outer), np.int64(channels), np.int64(inner), np.int64(chunk),
                  part1, part2))
         return part1, part2, chunks, chunks, 1
     column_blocks = _ceil_div(channels, 32)
@@ -64,8 +85,9 @@ def _reduce(device, code, x, dy, mean, outer, channels, inner, grad):
     row_blocks = _ceil_div(outer, rows_per_block)
     part1 = device.empty(row_blocks * channels, np.float64)
     part2 = device.empty(row_blocks * channels, np.float64)
-    _launch(device, f"fastopt_bn_reduce_rows<{xt}, {st}, {flag}>", (column_blocks, row_blocks), (32, ROW_THREADS),
-            (x, _ptr(dy), _ptr(mean), np.int64(outer), np.int64(channels), np.int64(rows_per_block), part1, part2))
+    name, masks = kernel("rows")
+    _launch(device, name, (column_blocks, row_blocks), (32, ROW_THREADS),
+            (x, _ptr(dy), *masks, _ptr(mean), np.int64(outer), np.int64(channels), np.int64(rows_per_block), part1, part2))
     return part1, part2, row_blocks, 1, channels
 
 
@@ -74,7 +96,7 @@ def _elementwise_grid(n):
 
 
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
-                       save_mean, save_invstd, momentum, eps, training, device=None):
+                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False, device=None):
     """`device`: where the kernels run (default: CuPy on x's GPU; the emulator passes its own)."""
     device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
@@ -90,19 +112,24 @@ def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running
         _launch(device, f"fastopt_bn_finalize_eval<{st}>", *per_channel,
                 (np.int64(channels), np.float64(eps), running_mean, running_var, save_mean, save_invstd))
     n = outer * channels * inner
-    _launch(device, f"fastopt_bn_normalize<{xt}, {st}>", *_elementwise_grid(n),
-            (x, y, np.int64(n), np.int64(channels), np.int64(inner), save_mean, save_invstd, _ptr(weight),
-             _ptr(bias)))
+    args = (x, y, np.int64(n), np.int64(channels), np.int64(inner), save_mean, save_invstd, _ptr(weight),
+            _ptr(bias))
+    if residual is None and not relu:
+        _launch(device, f"fastopt_bn_normalize<{xt}, {st}>", *_elementwise_grid(n), args)
+    else:
+        _launch(device, f"fastopt_bn_normalize_fused<{xt}, {st}>", *_elementwise_grid(n),
+                args + (_ptr(residual), np.int32(bool(relu))))
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
-                        training, device=None):
+                        training, y=None, dresidual=None, device=None):
+    """y: a ReLU forward's output (dy counts where y > 0); dresidual: gets the dy used."""
     device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
     stat_dtype = np.float64 if code == CODE_FLOAT64 else np.float32
     if training or dweight is not None:
         part1, part2, parts, c_stride, p_stride = _reduce(device, code, x, dy, save_mean, outer, channels, inner,
-                                                          True)
+                                                          True, y)
     else:
         part1 = part2 = device.zeros(1, np.float64)
         parts, c_stride, p_stride = 0, 0, 0
@@ -112,5 +139,9 @@ def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_me
              np.int64(outer * inner), _ptr(weight), save_invstd, _ptr(dweight), _ptr(dbias), np.int32(bool(training)),
              coefs))
     n = outer * channels * inner
-    _launch(device, f"fastopt_bn_input_grad<{xt}, {st}>", *_elementwise_grid(n),
-            (dy, x, dx, np.int64(n), np.int64(channels), np.int64(inner), save_mean, coefs))
+    args = (dy, x, dx, np.int64(n), np.int64(channels), np.int64(inner), save_mean, coefs)
+    if y is None and dresidual is None:
+        _launch(device, f"fastopt_bn_input_grad<{xt}, {st}>", *_elementwise_grid(n), args)
+    else:
+        _launch(device, f"fastopt_bn_input_grad_fused<{xt}, {st}>", *_elementwise_grid(n),
+                args + (_ptr(y), _ptr(dresidual)))

@@ -21,7 +21,7 @@ from .optim import runs_parallel
 BN_BLOCK = 16384
 ROW_BLOCK_ELEMS = 262144
 CHANNEL_BLOCK = 4096
-LANES = 32  # csrc/cpu/isa_batchnorm.cpp kLanes
+LANES = 32  # csrc/cpu/bn_reduce.h kLanes
 LINE_BYTES = 64
 SHORT_ROW_BYTES = 4096  # kBnShortRowBytes
 PREFETCH_BYTES = 5120  # kBnPrefetchBytes
@@ -46,8 +46,28 @@ def _bn_running_update(running, batch, momentum):
 
 
 @njit(inline="always")
+def _bn_batch_stats(count, shift, sum1, sum2, eps):
+    """bn_batch_stats: (mean, biased var, invstd) from sums relative to shift."""
+    mean_rel = sum1 / count
+    var = (sum2 - sum1 * mean_rel) / count
+    if var < 0.0:  # rounding; a NaN stays NaN
+        var = 0.0
+    return shift + mean_rel, var, _bn_invstd(var, eps)
+
+
+@njit(inline="always")
+def _bn_running_var_update(running, batch_var, count, momentum):
+    return _bn_running_update(running, batch_var * (np.float64(count) / (np.float64(count) - 1.0)), momentum)
+
+
+@njit(inline="always")
 def _bn_normalize(x, mean, scale, bias):
     return (x - mean) * scale + bias
+
+
+@njit(inline="always")
+def _bn_relu(v):
+    return 0.0 if v < 0 else v  # a NaN stays NaN; the float64 0 is exact in every storage type
 
 
 @njit(inline="always")
@@ -106,12 +126,15 @@ def _lane_total(lane):
 # (negative counts from the end) turned loads into gathers or kept LLVM from vectorising at all.
 
 @njit  # inlined by LLVM; inlined by Numba (inline="always"), it kept the backward sums scalar
-def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy):
+def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy, y, masked):
     """Element k into the sums. Forward: shifted sums of x; backward: sum(dy) and
-    sum(dy * (x - mean)). Returns the sums."""
+    sum(dy * (x - mean)), with dy * (y > 0) for dy when masked (a ReLU's output y). Returns the
+    sums."""
     v = np.float64(widen(x[np.uint64(k)], code)) - center
     if with_dy:
         g = np.float64(widen(dy[np.uint64(k)], code))
+        if masked and not widen(y[np.uint64(k)], code) > 0:
+            g = 0.0
         return sum1 + g, sum2 + g * v
     return sum1 + v, sum2 + v * v
 
@@ -123,17 +146,17 @@ def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy):
 # block sums added in block order.
 
 @njit(inline="always")
-def _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy):
+def _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy, y, masked):
     full = length // LANES * LANES
     for k in range(base, base + full, LANES):
         for j in range(LANES):
-            lane1[j], lane2[j] = _accumulate(x, dy, k + j, center, lane1[j], lane2[j], code, with_dy)
+            lane1[j], lane2[j] = _accumulate(x, dy, k + j, center, lane1[j], lane2[j], code, with_dy, y, masked)
     for j in range(length - full):
-        lane1[j], lane2[j] = _accumulate(x, dy, base + full + j, center, lane1[j], lane2[j], code, with_dy)
+        lane1[j], lane2[j] = _accumulate(x, dy, base + full + j, center, lane1[j], lane2[j], code, with_dy, y, masked)
 
 
 @njit
-def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy):
+def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy, y, masked):
     """The two sums of block b of channel c."""
     lane1 = _stack_lanes()
     lane2 = _stack_lanes()
@@ -143,7 +166,7 @@ def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy):
     end = min(count, m + BN_BLOCK)
     # A channel's rows are `channels * inner` values apart: rows too short for the hardware
     # prefetchers to follow are fetched about PREFETCH_BYTES (of all inputs) ahead.
-    row_bytes = inner * x.itemsize * (2 if with_dy else 1)
+    row_bytes = inner * x.itemsize * (3 if masked else 2 if with_dy else 1)
     short_rows = row_bytes < SHORT_ROW_BYTES
     rows_ahead = max(1, PREFETCH_BYTES // row_bytes)
     outer = (count + inner - 1) // inner
@@ -158,19 +181,23 @@ def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy):
                 _prefetch(x, k)
                 if with_dy:
                     _prefetch(dy, k)
+                if masked:
+                    _prefetch(y, k)
             _prefetch(x, ahead + length - 1)
             if with_dy:
                 _prefetch(dy, ahead + length - 1)
-        _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy)
+            if masked:
+                _prefetch(y, ahead + length - 1)
+        _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy, y, masked)
         m += length
     return _lane_total(lane1), _lane_total(lane2)
 
 
-def _make_sums(code, channels_last, with_dy):
-    """sums(x, dy, center, outer, channels, inner, c0, c1, total1, total2): the two sums (see
+def _make_sums(code, channels_last, with_dy, masked):
+    """sums(x, dy, y, center, outer, channels, inner, c0, c1, total1, total2): the two sums (see
     _accumulate) of channels [c0, c1), into total1[c] and total2[c]."""
 
-    def strided_sums(x, dy, center, outer, channels, inner, c0, c1, total1, total2):
+    def strided_sums(x, dy, y, center, outer, channels, inner, c0, c1, total1, total2):
         count = outer * inner
         num_blocks = (count + BN_BLOCK - 1) // BN_BLOCK
         width = c1 - c0
@@ -181,7 +208,7 @@ def _make_sums(code, channels_last, with_dy):
             b = t // width
             c = c0 + t - b * width
             part1[(c - c0) * num_blocks + b], part2[(c - c0) * num_blocks + b] = _block_sums(
-                x, dy, center[c], channels, inner, count, c, b, code, with_dy)
+                x, dy, center[c], channels, inner, count, c, b, code, with_dy, y, masked)
         for c in range(c0, c1):
             s1 = 0.0
             s2 = 0.0
@@ -191,7 +218,7 @@ def _make_sums(code, channels_last, with_dy):
             total1[c] = s1
             total2[c] = s2
 
-    def row_sums(x, dy, center, rows, channels, inner, c0, c1, total1, total2):
+    def row_sums(x, dy, y, center, rows, channels, inner, c0, c1, total1, total2):
         # Channels-last layouts (inner == 1). Blocks of rows (and of channels) keep one sum per
         # channel, added row by row; block sums are added in row-block order.
         rows_per_block = max(1, ROW_BLOCK_ELEMS // channels)
@@ -215,15 +242,15 @@ def _make_sums(code, channels_last, with_dy):
                 for c in range(b0, b1):
                     q = np.uint64(rb * channels + c)
                     cen = center[np.uint64(c)]
-                    a, b = _accumulate(x, dy, k + c, cen, part1[q], part2[q], code, with_dy)
-                    a, b = _accumulate(x, dy, k + channels + c, cen, a, b, code, with_dy)
-                    a, b = _accumulate(x, dy, k + 2 * channels + c, cen, a, b, code, with_dy)
-                    part1[q], part2[q] = _accumulate(x, dy, k + 3 * channels + c, cen, a, b, code, with_dy)
+                    a, b = _accumulate(x, dy, k + c, cen, part1[q], part2[q], code, with_dy, y, masked)
+                    a, b = _accumulate(x, dy, k + channels + c, cen, a, b, code, with_dy, y, masked)
+                    a, b = _accumulate(x, dy, k + 2 * channels + c, cen, a, b, code, with_dy, y, masked)
+                    part1[q], part2[q] = _accumulate(x, dy, k + 3 * channels + c, cen, a, b, code, with_dy, y, masked)
             for r in range(r1 - (r1 - r0) % 4, r1):
                 for c in range(b0, b1):
                     q = np.uint64(rb * channels + c)
                     part1[q], part2[q] = _accumulate(x, dy, r * channels + c, center[np.uint64(c)], part1[q],
-                                                     part2[q], code, with_dy)
+                                                     part2[q], code, with_dy, y, masked)
         for c in range(c0, c1):
             total1[c] = 0.0
             total2[c] = 0.0
@@ -236,12 +263,12 @@ def _make_sums(code, channels_last, with_dy):
 
 
 @njit
-def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy):
+def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy, y, masked):
     """One channel's sums on the calling thread: its block sums added in block order."""
     s1 = 0.0
     s2 = 0.0
     for b in range((count + BN_BLOCK - 1) // BN_BLOCK):
-        p1, p2 = _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy)
+        p1, p2 = _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy, y, masked)
         s1 += p1
         s2 += p2
     return s1, s2
@@ -251,17 +278,12 @@ def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy):
 def _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var, save_mean,
                        save_invstd):
     """Channel c's statistics and running statistics from its shifted sums."""
-    mean_rel = sum1[c] / count
-    var = (sum2[c] - sum1[c] * mean_rel) / count
-    if var < 0.0:  # rounding; a NaN stays NaN
-        var = 0.0
-    batch_mean = shift[c] + mean_rel
+    batch_mean, var, invstd = _bn_batch_stats(np.float64(count), shift[c], sum1[c], sum2[c], eps)
     save_mean[c] = batch_mean
-    save_invstd[c] = _bn_invstd(var, eps)
+    save_invstd[c] = invstd
     if running_mean.size != 0:
         running_mean[c] = _bn_running_update(np.float64(running_mean[c]), batch_mean, momentum)
-        unbiased = var * (np.float64(count) / np.float64(count - 1))
-        running_var[c] = _bn_running_update(np.float64(running_var[c]), unbiased, momentum)
+        running_var[c] = _bn_running_var_update(np.float64(running_var[c]), var, count, momentum)
 
 
 @njit
@@ -288,17 +310,40 @@ def _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_
 # Element loops over one run of a channel's values (axis-1 layouts).
 
 @njit
-def _normalize_run(x, y, start, stop, mean, scale, bias, code):
-    for j in range(start, stop):
-        k = np.uint64(j)
-        store(y, k, _bn_normalize(widen(x[k], code), mean, scale, bias), code)
+def _normalize_at(x, y, k, mean, scale, bias, code, z, res, relu):
+    """y[k] = bn(x[k]) (+ z[k]) (ReLU), in the compute type, rounded once."""
+    v = _bn_normalize(widen(x[k], code), mean, scale, bias)
+    if res:
+        v = v + widen(z[k], code)
+    if relu:
+        store(y, k, _bn_relu(v), code)
+    else:
+        store(y, k, v, code)
 
 
 @njit
-def _input_grad_run(dy, x, dx, start, stop, mean, dy_coef, x_coef, offset, code):
+def _normalize_run(x, y, start, stop, mean, scale, bias, code, z, res, relu):
     for j in range(start, stop):
-        k = np.uint64(j)
-        store(dx, k, _bn_input_grad(widen(dy[k], code), widen(x[k], code), mean, dy_coef, x_coef, offset), code)
+        _normalize_at(x, y, np.uint64(j), mean, scale, bias, code, z, res, relu)
+
+
+@njit(inline="always")
+def _input_grad_at(dy, x, dx, k, mean, dy_coef, x_coef, offset, code, y, masked, dres, with_dres, zero):
+    """dx[k]; dres[k] = the dy used (dy * (y > 0) when masked). zero: 0 in the compute type, so
+    that the arithmetic stays in it."""
+    g = widen(dy[k], code)
+    if masked and not widen(y[k], code) > 0:
+        g = zero
+    if with_dres:
+        store(dres, k, g, code)
+    store(dx, k, _bn_input_grad(g, widen(x[k], code), mean, dy_coef, x_coef, offset), code)
+
+
+@njit
+def _input_grad_run(dy, x, dx, start, stop, mean, dy_coef, x_coef, offset, code, y, masked, dres, with_dres, zero):
+    for j in range(start, stop):
+        _input_grad_at(dy, x, dx, np.uint64(j), mean, dy_coef, x_coef, offset, code, y, masked, dres, with_dres,
+                       zero)
 
 
 # Axis-1 layouts make their two passes (sums, then the write) a chunk of channels at a time, so
@@ -316,11 +361,11 @@ def _write_task(t, c0, c1, outer, groups):
     return c, c + 1, o, o + 1
 
 
-def _make_forward(code, channels_last, sums):
+def _make_forward(code, channels_last, sums, res, relu):
     def forward(x, y, outer, channels, inner, weight, bias, running_mean, running_var, save_mean, save_invstd,
-                momentum, eps, training, groups, chunk):
-        """Absent weight, bias and running statistics come as empty arrays. groups, chunk: see
-        _plan."""
+                momentum, eps, training, groups, chunk, z):
+        """Absent weight, bias and running statistics come as empty arrays, z (the residual) as x
+        when not res. groups, chunk: see _plan."""
         count = outer * inner
         shift = np.empty(channels, np.float64)
         sum1 = np.empty(channels, np.float64)
@@ -339,7 +384,7 @@ def _make_forward(code, channels_last, sums):
             c1 = min(channels, c0 + chunk)
             if not fused:
                 if training:
-                    sums(x, x, shift, outer, channels, inner, c0, c1, sum1, sum2)
+                    sums(x, x, x, shift, outer, channels, inner, c0, c1, sum1, sum2)
                 for c in range(c0, c1):
                     if training:
                         _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
@@ -349,31 +394,34 @@ def _make_forward(code, channels_last, sums):
                 for r in prange(outer):
                     for c in range(channels):
                         k = np.uint64(r * channels + c)
-                        store(y, k, _bn_normalize(widen(x[k], code), save_mean[c], scale[c], shift_out[c]), code)
+                        _normalize_at(x, y, k, save_mean[c], scale[c], shift_out[c], code, z, res, relu)
             else:
                 tasks = groups if fused else outer * (c1 - c0)
                 for t in prange(tasks):
                     g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
                     if fused:
                         for c in range(g0, g1):
-                            sum1[c], sum2[c] = _channel_sums(x, x, shift[c], channels, inner, count, c, code, False)
+                            sum1[c], sum2[c] = _channel_sums(x, x, shift[c], channels, inner, count, c, code, False,
+                                                             x, False)
                             _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
                                                save_mean, save_invstd)
                             _normalize_constants(c, weight, bias, save_invstd, scale, shift_out)
                     for o in range(o0, o1):
                         for c in range(g0, g1):
                             k = (o * channels + c) * inner
-                            _normalize_run(x, y, k, k + inner, save_mean[c], scale[c], shift_out[c], code)
+                            _normalize_run(x, y, k, k + inner, save_mean[c], scale[c], shift_out[c], code, z, res,
+                                           relu)
 
     return forward
 
 
-def _make_backward(code, channels_last, sums):
+def _make_backward(code, channels_last, sums, masked, with_dres):
     def backward(dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias, training, groups,
-                 chunk):
-        """An absent weight (and then dweight, dbias) comes as an empty array. groups, chunk: see
-        _plan."""
+                 chunk, y, dres):
+        """An absent weight (and then dweight, dbias) comes as an empty array; y (a ReLU's output)
+        and dres as dy when not masked, not with_dres. groups, chunk: see _plan."""
         count = outer * inner
+        zero = np.zeros_like(save_mean[:1])[0]
         needs_sums = training or dweight.size != 0
         mean_wide = np.empty(channels, np.float64)
         for c in range(channels):
@@ -388,7 +436,7 @@ def _make_backward(code, channels_last, sums):
             c1 = min(channels, c0 + chunk)
             if not fused:
                 if needs_sums:
-                    sums(x, dy, mean_wide, outer, channels, inner, c0, c1, sum_dy, sum_dy_xmu)
+                    sums(x, dy, y, mean_wide, outer, channels, inner, c0, c1, sum_dy, sum_dy_xmu)
                 for c in range(c0, c1):
                     _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef, offset,
                                 dweight, dbias)
@@ -396,9 +444,8 @@ def _make_backward(code, channels_last, sums):
                 for r in prange(outer):
                     for c in range(channels):
                         k = np.uint64(r * channels + c)
-                        value = _bn_input_grad(widen(dy[k], code), widen(x[k], code), save_mean[c], dy_coef[c],
-                                               x_coef[c], offset[c])
-                        store(dx, k, value, code)
+                        _input_grad_at(dy, x, dx, k, save_mean[c], dy_coef[c], x_coef[c], offset[c], code, y,
+                                       masked, dres, with_dres, zero)
             else:
                 tasks = groups if fused else outer * (c1 - c0)
                 for t in prange(tasks):
@@ -406,14 +453,14 @@ def _make_backward(code, channels_last, sums):
                     if fused:
                         for c in range(g0, g1):
                             sum_dy[c], sum_dy_xmu[c] = _channel_sums(x, dy, mean_wide[c], channels, inner, count, c,
-                                                                     code, True)
+                                                                     code, True, y, masked)
                             _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef,
                                         offset, dweight, dbias)
                     for o in range(o0, o1):
                         for c in range(g0, g1):
                             k = (o * channels + c) * inner
                             _input_grad_run(dy, x, dx, k, k + inner, save_mean[c], dy_coef[c], x_coef[c], offset[c],
-                                            code)
+                                            code, y, masked, dres, with_dres, zero)
 
     return backward
 
@@ -421,15 +468,16 @@ def _make_backward(code, channels_last, sums):
 _KERNELS = {}
 
 
-def _kernel(backward, code, channels_last, parallel):
-    """The forward or backward of (code, layout), parallel or serial, compiled on first use."""
-    key = (backward, code, channels_last, parallel)
+def _kernel(backward, code, channels_last, parallel, options=(False, False)):
+    """The forward or backward of (code, layout), parallel or serial, compiled on first use.
+    options: (residual, relu) of a forward, (masked by a ReLU's output, dresidual) of a backward."""
+    key = (backward, code, channels_last, parallel, options)
     kernel = _KERNELS.get(key)
     if kernel is None:
         jit = njit(parallel=parallel, error_model="numpy")
-        sums = jit(_make_sums(code, channels_last, backward))
+        sums = jit(_make_sums(code, channels_last, backward, backward and options[0]))
         make = _make_backward if backward else _make_forward
-        kernel = _KERNELS[key] = jit(make(code, channels_last, sums))
+        kernel = _KERNELS[key] = jit(make(code, channels_last, sums, *options))
     return kernel
 
 
@@ -464,21 +512,23 @@ def _plan(outer, channels, inner, itemsize, inputs, parallel, needs_sums):
 
 
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
-                       save_mean, save_invstd, momentum, eps, training):
+                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False):
     parallel = runs_parallel(x.size)
-    kernel = _kernel(False, code, inner == 1, parallel)
+    kernel = _kernel(False, code, inner == 1, parallel, (residual is not None, bool(relu)))
     empty = _EMPTY[save_mean.dtype]
     groups, chunk = _plan(outer, channels, inner, x.itemsize, 1, parallel, training)
     kernel(_storage(x, code), _storage(y, code), outer, channels, inner, _or(weight, empty), _or(bias, empty),
            _or(running_mean, empty), _or(running_var, empty), save_mean, save_invstd, float(momentum), float(eps),
-           bool(training), groups, chunk)
+           bool(training), groups, chunk, _storage(x if residual is None else residual, code))
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
-                        training):
+                        training, y=None, dresidual=None):
     parallel = runs_parallel(x.size)
-    kernel = _kernel(True, code, inner == 1, parallel)
+    kernel = _kernel(True, code, inner == 1, parallel, (y is not None, dresidual is not None))
     empty = _EMPTY[save_mean.dtype]
-    groups, chunk = _plan(outer, channels, inner, x.itemsize, 2, parallel, training or dweight is not None)
+    inputs = 2 if y is None else 3  # as the C++ plan: y is read in both passes
+    groups, chunk = _plan(outer, channels, inner, x.itemsize, inputs, parallel, training or dweight is not None)
     kernel(_storage(dy, code), _storage(x, code), _storage(dx, code), outer, channels, inner, _or(weight, empty),
-           save_mean, save_invstd, _or(dweight, empty), _or(dbias, empty), bool(training), groups, chunk)
+           save_mean, save_invstd, _or(dweight, empty), _or(dbias, empty), bool(training), groups, chunk,
+           _storage(dy if y is None else y, code), _storage(dx if dresidual is None else dresidual, code))
