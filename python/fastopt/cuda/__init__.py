@@ -14,11 +14,12 @@ tools/gpu_check.sh).
 import numpy as np
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
-from .._scalars import NUM_VARIANTS, RULE_NAMES
+from ..rules import MAX_SCALARS, NUM_VARIANTS, RULE_NAMES
 from ._loader import CupyDevice
 
 SOURCE = "kernels.cu"
 NUM_RULE_SCALARS = 8  # the kernel's k0..k7
+assert MAX_SCALARS <= NUM_RULE_SCALARS, "a rule has more scalars than kernels.cu passes"
 THREADS = 256
 VEC = 4  # kVec in kernels.cu
 

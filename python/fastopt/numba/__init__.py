@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
+from ..rules import RULES
 from .math import storage as _storage
 from .optim import kernel_for, runs_parallel
 
@@ -17,7 +18,8 @@ NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order giv
 def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
                    scalars, grad_scale, weight_decay, decay_factor, rounding_seed):
     compute = np.float64 if param_code == CODE_FLOAT64 else np.float32
-    k = np.array(scalars, dtype=compute)
+    # The rule's scalars in the compute type, as its named tuple: the mirror reads them by name.
+    k = RULES[rule].Scalars._make(compute(x) for x in scalars)
     # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
     pro = np.array([grad_scale, weight_decay, decay_factor, 0.0, 1.0], dtype=compute)
     state_arrays = [_storage(s, state_code) for s in states]
