@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from .. import _backend, _checks, _scalars
+from .. import _backend, _checks, _kernel_call, _scalars
+from .._kernel_call import KernelCall
 from .._optimizer import OptimizerCore, TORCH_NOOPS, _betas, _flag, option_table  # noqa: F401
 
 nonnegative = _checks.nonnegative
@@ -20,8 +21,18 @@ def closed_unit(name, value):
     return _checks.unit_interval(name, value, closed=True)
 
 
+def adam_like(lr, beta1, beta2, eps):
+    """lr, beta1, beta2 and eps of the Adam family, checked."""
+    return (nonnegative("lr", lr), unit_interval("beta1", beta1), unit_interval("beta2", beta2),
+            positive("eps", eps))
+
+
 class Optimizer(OptimizerCore):
     """Base class of fastopt's optimizers (torch.optim.Optimizer's interface)."""
+
+    def _state_names(self, h):
+        """The state arrays a step with options `h` uses: all of them unless the rule says."""
+        return self._state_array_names
 
     def _resolve_state_dtype(self, state_dtype, param_code, kind):
         from .. import optim  # its dtype names: it imports this module
@@ -58,8 +69,12 @@ def step_arrays(param, grad, states, o):
                                o.rounding_seed, o.state_dtype)
 
 
-def fused_step(rule_id, variant, scalars, arrays, o, *, lr, decoupled):
-    """Folds unscaling and clipping into one gradient factor, then makes the one kernel call."""
+def fused_step(rule_id, variant, scalars, param, grad, states, o, *, lr, decoupled, check=None):
+    """Checks the arrays (`states`: (name, array) pairs; `check(arrays)` adds the rule's own checks),
+    folds unscaling and clipping into one gradient factor, then makes the one kernel call."""
+    arrays = step_arrays(param, grad, states, o)
+    if check is not None:
+        check(arrays)
     chosen = _backend.select(arrays.kind, o.backend)
     inv_scale = 1.0 if o.grad_scale is None else _checks.grad_scale(o.grad_scale)
     result = _NOT_SKIPPED
@@ -72,9 +87,9 @@ def fused_step(rule_id, variant, scalars, arrays, o, *, lr, decoupled):
         result = StepResult(norm, False)
     scale, wd, decay_factor = _scalars.prologue(lr, o.weight_decay, decoupled, o.maximize, inv_scale)
     seed = 0 if o.rounding_seed is None else _checks.checked_seed(o.rounding_seed)
-    chosen.module.optimizer_step(rule_id, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
-                                 arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
-                                 scale, wd, decay_factor, seed)
+    _kernel_call.step(chosen.module, KernelCall(rule_id, variant, arrays.param_code, arrays.grad_code,
+                                                arrays.state_code, arrays.param, arrays.grad, arrays.master,
+                                                arrays.states, scalars, scale, wd, decay_factor, seed))
     return result
 
 

@@ -30,8 +30,8 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, w
     eps = b.positive("eps", eps)
     o = b.step_options(weight_decay, options)
     variant, scalars = host_scalars(lr, rho, eps)
-    arrays = b.step_arrays(param, grad, [("square_avg", square_avg), ("acc_delta", acc_delta)], o)
-    return b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=False)
+    states = [("square_avg", square_avg), ("acc_delta", acc_delta)]
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=False)
 
 
 class Adadelta(b.Optimizer):
@@ -44,9 +44,6 @@ class Adadelta(b.Optimizer):
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize),
                          **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _rule_scalars(self, h, step, p):
         variant, scalars = host_scalars(h["lr"], h["rho"], h["eps"])

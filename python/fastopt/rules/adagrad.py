@@ -32,8 +32,7 @@ def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, 
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
     variant, scalars = host_scalars(lr, lr_decay, eps, eps_inside_sqrt, step)
-    arrays = b.step_arrays(param, grad, [("sum", sum)], o)
-    return b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=False)
+    return b.fused_step(ID, variant, scalars, param, grad, [("sum", sum)], o, lr=lr, decoupled=False)
 
 
 class Adagrad(b.Optimizer):
@@ -51,9 +50,6 @@ class Adagrad(b.Optimizer):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize, eps_inside_sqrt=eps_inside_sqrt), **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _init_value(self, h, name):
         return h["initial_accumulator_value"]

@@ -11,7 +11,7 @@ NUM_VARIANTS = 2
 AMSGRAD = 1  # variant
 STATES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 Scalars = collections.namedtuple("AdamScalars", "beta1 one_minus_beta1 beta2 one_minus_beta2 step_size "
-                                                "sqrt_bias_correction2 eps")
+                                                "bc2_sqrt eps")
 
 
 def host_scalars(lr, beta1, beta2, eps, amsgrad, step):
@@ -27,7 +27,7 @@ def numba_update(v, p, g, m, s, vmax, k, c):
     if v == AMSGRAD:
         vmax = b.fo_max(vmax, s)
         second = vmax
-    denom = np.sqrt(second) / k.sqrt_bias_correction2 + k.eps
+    denom = np.sqrt(second) / k.bc2_sqrt + k.eps
     p = p - k.step_size * m / denom
     return p, m, s, vmax
 
@@ -40,17 +40,14 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3
     m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     """
-    lr = b.nonnegative("lr", lr)
-    beta1, beta2 = b.unit_interval("beta1", beta1), b.unit_interval("beta2", beta2)
-    eps = b.positive("eps", eps)
+    lr, beta1, beta2, eps = b.adam_like(lr, beta1, beta2, eps)
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if amsgrad:
         states.append(("max_exp_avg_sq", max_exp_avg_sq))
     variant, scalars = host_scalars(lr, beta1, beta2, eps, amsgrad, step)
-    return b.fused_step(ID, variant, scalars, b.step_arrays(param, grad, states, o), o, lr=lr,
-                        decoupled=decoupled_weight_decay)
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=decoupled_weight_decay)
 
 
 def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3, beta1=0.9,

@@ -8,7 +8,7 @@ from . import _base as b
 NAME = "Adamax"
 NUM_VARIANTS = 1
 STATES = ("exp_avg", "exp_inf")
-Scalars = collections.namedtuple("AdamaxScalars", "beta1 one_minus_beta1 beta2 step_size eps")
+Scalars = collections.namedtuple("AdamaxScalars", "beta1 one_minus_beta1 beta2 clr eps")
 
 
 def host_scalars(lr, beta1, beta2, eps, step):
@@ -18,21 +18,19 @@ def host_scalars(lr, beta1, beta2, eps, step):
 def numba_update(v, p, g, m, u, s2, k, c):
     m = k.beta1 * m + k.one_minus_beta1 * g
     u = b.fo_max(k.beta2 * u, np.abs(g) + k.eps)
-    p = p - k.step_size * m / u
+    p = p - k.clr * m / u
     return p, m, u, s2
 
 
 def adamax(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=0.0, **options):
     """Adamax (Kingma & Ba 2014, sec. 7): u = max(b2 u, |g| + eps); p -= lr / (1 - b1^t) * m / u."""
-    lr = b.nonnegative("lr", lr)
-    beta1, beta2 = b.unit_interval("beta1", beta1), b.unit_interval("beta2", beta2)
-    eps = b.positive("eps", eps)
+    lr, beta1, beta2, eps = b.adam_like(lr, beta1, beta2, eps)
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
     variant, scalars = host_scalars(lr, beta1, beta2, eps, step)
-    arrays = b.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_inf", exp_inf)], o)
-    return b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=False)
+    states = [("exp_avg", exp_avg), ("exp_inf", exp_inf)]
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=False)
 
 
 class Adamax(b.Optimizer):
@@ -46,9 +44,6 @@ class Adamax(b.Optimizer):
                  **options):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
                          **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _rule_scalars(self, h, step, p):
         beta1, beta2 = h["betas"]

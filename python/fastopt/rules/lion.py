@@ -29,8 +29,7 @@ def lion(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0
     beta1, beta2 = b.unit_interval("beta1", beta1), b.unit_interval("beta2", beta2)
     o = b.step_options(weight_decay, options)
     variant, scalars = host_scalars(lr, beta1, beta2)
-    arrays = b.step_arrays(param, grad, [("exp_avg", exp_avg)], o)
-    return b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=True)
+    return b.fused_step(ID, variant, scalars, param, grad, [("exp_avg", exp_avg)], o, lr=lr, decoupled=True)
 
 
 class Lion(b.Optimizer):
@@ -41,9 +40,6 @@ class Lion(b.Optimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0, *, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize), **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _rule_scalars(self, h, step, p):
         beta1, beta2 = h["betas"]

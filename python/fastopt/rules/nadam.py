@@ -10,7 +10,7 @@ NAME = "NAdam"
 NUM_VARIANTS = 1
 STATES = ("exp_avg", "exp_avg_sq")
 Scalars = collections.namedtuple("NAdamScalars", "beta1 one_minus_beta1 beta2 one_minus_beta2 "
-                                                 "bias_correction2 eps grad_coef avg_coef")
+                                                 "bc2 eps grad_coef avg_coef")
 
 
 def mu(beta1, momentum_decay, step):
@@ -32,7 +32,7 @@ def host_scalars(lr, beta1, beta2, eps, momentum_decay, step, mu_product_prev):
 def numba_update(v, p, g, m, s, s2, k, c):
     m = k.beta1 * m + k.one_minus_beta1 * g
     s = k.beta2 * s + k.one_minus_beta2 * g * g
-    denom = np.sqrt(s / k.bias_correction2) + k.eps
+    denom = np.sqrt(s / k.bc2) + k.eps
     p = p - k.grad_coef * g / denom - k.avg_coef * m / denom
     return p, m, s, s2
 
@@ -44,9 +44,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
     ``mu_product`` is a one-element float64 NumPy array holding prod_{i<t} mu_i (1.0 before the
     first step); it is advanced in place, like every other state, unless the step is skipped.
     """
-    lr = b.nonnegative("lr", lr)
-    beta1, beta2 = b.unit_interval("beta1", beta1), b.unit_interval("beta2", beta2)
-    eps = b.positive("eps", eps)
+    lr, beta1, beta2, eps = b.adam_like(lr, beta1, beta2, eps)
     momentum_decay = b.nonnegative("momentum_decay", momentum_decay)
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
@@ -55,12 +53,15 @@ def nadam(param, grad, exp_avg, exp_avg_sq, mu_product, *, step, lr=2e-3, beta1=
         raise TypeError("mu_product must be a writable one-element float64 NumPy array")
     variant, scalars, new_mu_product = host_scalars(lr, beta1, beta2, eps, momentum_decay, step,
                                                     float(mu_product[0]))
-    arrays = b.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)], o)
-    if arrays.kind == "numpy":  # mu_product is written after the kernel: it must not alias an array of it
-        _checks.check_disjoint([("mu_product", mu_product), ("param", param), ("grad", grad),
-                                ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
-                               + ([("master_weights", o.master_weights)] if o.master_weights is not None else []))
-    result = b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=decoupled_weight_decay)
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+
+    def mu_product_is_apart(arrays):  # it is written after the kernel: it must not alias an array of it
+        if arrays.kind == "numpy":
+            _checks.check_disjoint([("mu_product", mu_product), ("param", param), ("grad", grad)] + states
+                                   + ([("master_weights", o.master_weights)] if o.master_weights is not None else []))
+
+    result = b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=decoupled_weight_decay,
+                          check=mu_product_is_apart)
     if not result.skipped:
         mu_product[0] = new_mu_product
     return result
@@ -79,9 +80,6 @@ class NAdam(b.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize), **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _host_state(self, h):
         return {"mu_product": 1.0}

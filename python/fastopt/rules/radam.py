@@ -10,7 +10,7 @@ NAME = "RAdam"
 NUM_VARIANTS = 1
 STATES = ("exp_avg", "exp_avg_sq")
 Scalars = collections.namedtuple("RAdamScalars", "beta1 one_minus_beta1 beta2 one_minus_beta2 rectified "
-                                                 "adaptive_step_size plain_step_size eps")
+                                                 "adaptive_step plain_step eps")
 
 
 def _rectification(beta2, step):
@@ -36,9 +36,9 @@ def numba_update(v, p, g, m, s, s2, k, c):
     m = k.beta1 * m + k.one_minus_beta1 * g
     s = k.beta2 * s + k.one_minus_beta2 * g * g
     if k.rectified != c[0]:
-        step = k.adaptive_step_size * m / (np.sqrt(s) + k.eps)
+        step = k.adaptive_step * m / (np.sqrt(s) + k.eps)
     else:
-        step = k.plain_step_size * m
+        step = k.plain_step * m
     p = p - step
     return p, m, s, s2
 
@@ -47,14 +47,12 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0
           weight_decay=0.0, decoupled_weight_decay=False, **options):
     """RAdam (Liu et al. 2020): Adam's step times the rectification r_t once rho_t > 5, a plain
     momentum step before."""
-    lr = b.nonnegative("lr", lr)
-    beta1, beta2 = b.unit_interval("beta1", beta1), b.unit_interval("beta2", beta2)
-    eps = b.positive("eps", eps)
+    lr, beta1, beta2, eps = b.adam_like(lr, beta1, beta2, eps)
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
     variant, scalars = host_scalars(lr, beta1, beta2, eps, step)
-    arrays = b.step_arrays(param, grad, [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)], o)
-    return b.fused_step(ID, variant, scalars, arrays, o, lr=lr, decoupled=decoupled_weight_decay)
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=decoupled_weight_decay)
 
 
 class RAdam(b.Optimizer):
@@ -69,9 +67,6 @@ class RAdam(b.Optimizer):
                  decoupled_weight_decay=False, maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), **options)
-
-    def _state_names(self, h):
-        return STATES
 
     def _rule_scalars(self, h, step, p):
         beta1, beta2 = h["betas"]

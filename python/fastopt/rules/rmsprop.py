@@ -62,7 +62,7 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=
     given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
     states = [(name, given[name]) for name in state_names(centered, momentum)]
     variant, scalars = host_scalars(lr, alpha, eps, momentum, centered, nesterov, eps_inside_sqrt)
-    return b.fused_step(ID, variant, scalars, b.step_arrays(param, grad, states, o), o, lr=lr, decoupled=False)
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=False)
 
 
 class RMSprop(b.Optimizer):

@@ -65,7 +65,7 @@ def sgd(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0
         step = b.step_count(step)
         states = [("momentum_buffer", momentum_buffer)]
     variant, scalars = host_scalars(lr, momentum, dampening, nesterov, velocity_form, step)
-    return b.fused_step(ID, variant, scalars, b.step_arrays(param, grad, states, o), o, lr=lr, decoupled=False)
+    return b.fused_step(ID, variant, scalars, param, grad, states, o, lr=lr, decoupled=False)
 
 
 class SGD(b.Optimizer):
