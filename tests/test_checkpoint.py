@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from test_param_groups import CASES, IDS, _frozen, _setup
 
 torch = pytest.importorskip("torch")
@@ -149,8 +150,8 @@ def test_bad_checkpoint_is_refused_and_changes_nothing(edit, error, match):
 @pytest.mark.parametrize("source, target", [
     (fastopt.Adam, fastopt.SGD), (fastopt.SGD, fastopt.Adam), (fastopt.Adam, fastopt.RAdam),
     (fastopt.RAdam, fastopt.Adam), (fastopt.Adamax, fastopt.Adam), (fastopt.Adam, fastopt.AdamW),
-    (fastopt.NAdam, fastopt.Adam), (fastopt.Adagrad, fastopt.RMSprop), (fastopt.Lion, fastopt.Adam),
-])
+    (fastopt.NAdam, fastopt.Adam), (fastopt.Adagrad, fastopt.RMSprop),
+] + [(cls, rule_table.cls(target)) for cls, target in rule_table.rows("foreign_checkpoint")])
 def test_another_optimizers_checkpoint_is_refused(source, target):
     sd = _trained(source).state_dict()
     opt = _trained(target)

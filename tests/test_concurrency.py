@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from conftest import random_arrays
 
 
@@ -19,7 +20,7 @@ def run_serial(cls, params, grads, backend):
             opt.step(g)
 
 
-@pytest.mark.parametrize("cls", [fastopt.Adam, fastopt.SGD, fastopt.Lion])
+@pytest.mark.parametrize("cls", [cls for cls, _ in rule_table.rows("sample")])
 def test_two_threads_equal_serial(backend, cls):
     inputs = [random_arrays(300007, np.float32, seed, 8) for seed in (40, 41)]
     serial = [p.copy() for p, _ in inputs]

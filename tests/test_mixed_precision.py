@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from fastopt import functional as F
 from conftest import CPU_BACKENDS, random_arrays
 from reference import Reference
@@ -15,14 +16,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 HALVES = [np.dtype(np.float16), BF16]
 STEPS = 60
 
-HALF_CASES = [
-    ("adam", fastopt.Adam, dict(lr=0.01)),
-    ("adamw", fastopt.AdamW, dict(lr=0.01, amsgrad=True)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
-    ("adagrad", fastopt.Adagrad, dict(lr=0.1)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, centered=True, momentum=0.5)),
-    ("lion", fastopt.Lion, dict(lr=1e-3)),
-]
+HALF_CASES = [(cls.__name__.lower(), cls, kw) for cls, kw in rule_table.rows("half")]
 
 
 def reference(name, kwargs, start, grads, round_state=None):

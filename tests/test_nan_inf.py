@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 
 
 def test_nan_gradient_propagates_to_its_element_only(backend):
@@ -53,8 +54,7 @@ def test_clip_with_nan_norm_leaves_factor_one(backend):
     assert p[0] == np.float32(0.9) and np.isnan(p[1]) and p[2] == np.float32(1 - 0.3)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(fastopt.SGD, dict(lr=0.1, momentum=0.9)), (fastopt.Adam, dict(lr=0.1)),
-                                         (fastopt.Lion, dict(lr=0.1))])
+@pytest.mark.parametrize("cls, kwargs", rule_table.rows("sample"))
 def test_nonfinite_parameters_stay_as_they_are(backend, cls, kwargs):
     p = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
     opt = cls(p, backend=backend, **kwargs)

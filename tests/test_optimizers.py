@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from conftest import CPU_BACKENDS, random_arrays
 from reference import Reference
 
@@ -11,38 +12,7 @@ STEPS = 60
 
 # (reference name, class, constructor keywords). lr values are large enough that the updates
 # move the parameters well beyond rounding noise, so a wrong rule cannot pass.
-CASES = [
-    ("sgd", fastopt.SGD, dict(lr=0.05)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.9)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.8, velocity_form=True)),
-    ("sgd", fastopt.SGD, dict(lr=0.05, momentum=0.8, velocity_form=True, nesterov=True)),
-    ("adagrad", fastopt.Adagrad, dict(lr=0.1)),
-    ("adagrad", fastopt.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1)),
-    ("adagrad", fastopt.Adagrad, dict(lr=0.1, eps_inside_sqrt=True, eps=1e-6, maximize=True)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, centered=True, weight_decay=0.01)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, momentum=0.9)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, momentum=0.9, centered=True, eps_inside_sqrt=True)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, momentum=0.9, nesterov=True, maximize=True)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01, momentum=0.5, nesterov=True, centered=True)),
-    ("adadelta", fastopt.Adadelta, dict()),
-    ("adadelta", fastopt.Adadelta, dict(lr=0.5, rho=0.95, weight_decay=0.01, maximize=True)),
-    ("adam", fastopt.Adam, dict(lr=0.01)),
-    ("adam", fastopt.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
-    ("adam", fastopt.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, maximize=True)),
-    ("adamw", fastopt.AdamW, dict(lr=0.01)),
-    ("adamw", fastopt.AdamW, dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
-    ("adamax", fastopt.Adamax, dict(lr=0.01)),
-    ("adamax", fastopt.Adamax, dict(lr=0.01, weight_decay=0.01, maximize=True)),
-    ("nadam", fastopt.NAdam, dict(lr=0.01)),
-    ("nadam", fastopt.NAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
-    ("radam", fastopt.RAdam, dict(lr=0.01)),
-    ("radam", fastopt.RAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True, maximize=True)),
-    ("lion", fastopt.Lion, dict(lr=1e-3)),
-    ("lion", fastopt.Lion, dict(lr=1e-3, weight_decay=0.1, betas=(0.95, 0.98))),
-]
+CASES = [(cls.__name__.lower(), cls, kw) for cls, kws in rule_table.rows("cases") for kw in kws]
 CASE_IDS = [f"{cls.__name__}-" + ",".join(f"{k}={v}" for k, v in kw.items()) for _, cls, kw in CASES]
 SIZES = [0, 1, 7, 15, 16, 17, 1031, 100003]
 

@@ -7,30 +7,15 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 
 torch = pytest.importorskip("torch")
 
 SHAPES = [(7,), (3, 5), (1031,), (1,), (4, 4, 2)]
 # (fastopt class, torch class, defaults, options of the second and third groups). The third group
 # changes a structural flag where the rule has one.
-CASES = [
-    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01),
-     dict(lr=0.02, dampening=0.2), dict(momentum=0.0)),
-    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True),
-     dict(weight_decay=0.1), dict(maximize=True)),
-    (fastopt.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01),
-     dict(lr=0.05, eps=1e-6), dict(weight_decay=0.1)),
-    (fastopt.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9),
-     dict(centered=True, weight_decay=0.01), dict(momentum=0.0, alpha=0.9)),
-    (fastopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5), dict(rho=0.8), dict(weight_decay=0.01)),
-    (fastopt.Adam, torch.optim.Adam, dict(lr=0.01), dict(lr=0.02, weight_decay=0.01), dict(amsgrad=True)),
-    (fastopt.AdamW, torch.optim.AdamW, dict(lr=0.01), dict(weight_decay=0.0), dict(amsgrad=True, betas=(0.8, 0.9))),
-    (fastopt.Adamax, torch.optim.Adamax, dict(lr=0.01), dict(weight_decay=0.01), dict(lr=0.002)),
-    (fastopt.NAdam, torch.optim.NAdam, dict(lr=0.01), dict(momentum_decay=0.01),
-     dict(weight_decay=0.01, decoupled_weight_decay=True)),
-    (fastopt.RAdam, torch.optim.RAdam, dict(lr=0.01), dict(weight_decay=0.01),
-     dict(weight_decay=0.01, decoupled_weight_decay=True)),
-]
+CASES = [(cls, getattr(torch.optim, cls.__name__)) + case
+         for cls, cases in rule_table.rows("group_cases") for case in cases]
 IDS = [f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)]
 STEPS = 12
 

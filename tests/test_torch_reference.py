@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from conftest import random_arrays
 
 torch = pytest.importorskip("torch")
 
-CASES = [
-    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
-    (fastopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
-    (fastopt.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
-    (fastopt.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
-    (fastopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.01)),
-    (fastopt.Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
-    (fastopt.AdamW, torch.optim.AdamW, dict(lr=0.01)),
-    (fastopt.Adamax, torch.optim.Adamax, dict(lr=0.01, weight_decay=0.01)),
-    (fastopt.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
-    (fastopt.RAdam, torch.optim.RAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
-]
+CASES = [(cls, getattr(torch.optim, cls.__name__), kw) for cls, kws in rule_table.rows("torch_cases") for kw in kws]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0].__name__ for c in CASES])
@@ -57,8 +47,7 @@ def test_defaults_match_torch():
     """Constructor defaults are torch.optim's, so code can switch between the two."""
     import inspect
 
-    for ours in (fastopt.SGD, fastopt.Adagrad, fastopt.RMSprop, fastopt.Adadelta, fastopt.Adam, fastopt.AdamW,
-                 fastopt.Adamax, fastopt.NAdam, fastopt.RAdam):
+    for ours in map(rule_table.cls, rule_table.names("torch")):
         theirs = getattr(torch.optim, ours.__name__)
         ours_sig, their_sig = inspect.signature(ours.__init__), inspect.signature(theirs.__init__)
         for name, p in their_sig.parameters.items():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastopt
+import rule_table
 from fastopt import functional as F
 from conftest import CPU_BACKENDS
 
@@ -305,16 +306,8 @@ def test_bad_input_raises_and_writes_nothing(backend, builder, error, match):
 
 # ---- the stateful classes ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls, kwargs, match", [
-    (fastopt.Adam, dict(lr=-1), "lr"), (fastopt.Adam, dict(betas=(0.9, 1.0)), "betas"),
-    (fastopt.Adam, dict(betas=(0.9,)), "betas"), (fastopt.AdamW, dict(eps=0), "eps"),
-    (fastopt.SGD, dict(momentum=-1), "momentum"), (fastopt.SGD, dict(nesterov=True), "Nesterov"),
-    (fastopt.SGD, dict(momentum=0.9, dampening=0.5, velocity_form=True), "velocity_form"),
-    (fastopt.RMSprop, dict(nesterov=True), "nesterov"), (fastopt.Adagrad, dict(lr_decay=-1), "lr_decay"),
-    (fastopt.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
-    (fastopt.Adadelta, dict(rho=1.5), "rho"), (fastopt.NAdam, dict(momentum_decay=-1), "momentum_decay"),
-    (fastopt.Lion, dict(betas=(1.1, 0.9)), "betas"),
-])
+@pytest.mark.parametrize("cls, kwargs, match", [(cls, kw, match) for cls, bad in rule_table.rows("bad")
+                                               for kw, match in bad])
 def test_constructor_rejects_bad_hyperparameters(cls, kwargs, match):
     p = np.ones(8, np.float32)
     with pytest.raises(ValueError, match=match):
@@ -335,7 +328,7 @@ def _read_only(a):
     return a
 
 
-@pytest.mark.parametrize("cls", [fastopt.SGD, fastopt.Adam, fastopt.Lion])
+@pytest.mark.parametrize("cls", [cls for cls, _ in rule_table.rows("sample")])
 @pytest.mark.parametrize("param, match", [
     ([1.0, 2.0], "param must be a NumPy or CuPy array"), (np.ones(8, np.int32), "param has dtype int32"),
     (np.ones(16, np.float32)[::2], "param must be C-contiguous"), (np.ones((4, 4), np.float32).T, "C-contiguous"),

@@ -12,3 +12,4 @@ ninja -C "$build"
 cp "$build"/_cpu*.so python/fastopt/
 mkdir -p python/fastopt/include/fastopt
 rm -rf python/fastopt/include/fastopt/math && cp -r csrc/fastopt/math python/fastopt/include/fastopt/math
+cp "$build"/generated/fastopt/math/rule_list.h python/fastopt/include/fastopt/math/

@@ -7,7 +7,9 @@ from .batchnorm import BatchNorm, batch_norm_backward, batch_norm_forward
 from .flat import FlatParams
 from .functional import StepResult
 from .grad_utils import clip_grad_norm_, grad_norm
-from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+from .optim import OPTIMIZERS as _OPTIMIZERS, Optimizer
+
+globals().update({cls.__name__: cls for cls in _OPTIMIZERS})
 
 __version__ = "0.1.0"
 
@@ -15,6 +17,6 @@ __all__ = [
     "BackendUnavailableError", "backends", "get_num_threads", "set_num_threads", "use_backend",
     "functional", "lr_scheduler", "schedules", "GradScaler", "FlatParams", "StepResult",
     "clip_grad_norm_", "grad_norm",
-    "Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion",
+    "Optimizer", *(cls.__name__ for cls in _OPTIMIZERS),
     "batch_norm_forward", "batch_norm_backward", "BatchNorm", "save", "load",
 ]

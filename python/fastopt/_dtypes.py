@@ -21,6 +21,17 @@ if BFLOAT16 is not None:
 NAMES = {CODE_FLOAT32: "float32", CODE_FLOAT64: "float64", CODE_FLOAT16: "float16", CODE_BFLOAT16: "bfloat16"}
 HALF_CODES = (CODE_FLOAT16, CODE_BFLOAT16)
 
+# The one table of (param, grad, state) codes an optimizer step takes; every backend is built for
+# exactly these (the C++ checks and instantiations, the CUDA instantiations; tests/test_registry.py
+# holds the C++ side to it). A half param also needs a float32 master copy, or, for bfloat16
+# only, stochastic rounding instead.
+STEP_COMBINATIONS = (
+    (CODE_FLOAT64, CODE_FLOAT64, CODE_FLOAT64),
+    (CODE_FLOAT32, CODE_FLOAT32, CODE_FLOAT32),
+    (CODE_FLOAT32, CODE_FLOAT32, CODE_BFLOAT16),
+) + tuple((half, grad, state) for half in HALF_CODES for grad in (half, CODE_FLOAT32)
+          for state in (CODE_FLOAT32, CODE_BFLOAT16))
+
 
 _NAME_TO_CODE = {name: code for code, name in NAMES.items()}
 

@@ -7,6 +7,9 @@ one OpenMP region (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make
 array, with the same bits."""
 import numpy as np
 
+from . import _kernel_call
+from ._kernel_call import KernelCall
+
 ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
 
 
@@ -42,8 +45,8 @@ def run(module, rule, calls):
             for param, grad, master, states, r, seed in zip(call.params, call.grads, call.masters, call.states,
                                                             call.row_of, call.seeds):
                 row = rows[r]
-                module.optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master,
-                                      states, row[:-3], row[-3], row[-2], row[-1], seed)
+                _kernel_call.step(module, KernelCall(rule, variant, param_code, grad_code, state_code, param, grad,
+                                                     master, states, row[:-3], row[-3], row[-2], row[-1], seed))
             continue
         table = np.zeros((len(call.rows), ROW_SCALARS + 3))
         for row, r in call.rows.items():

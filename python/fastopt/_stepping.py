@@ -7,7 +7,8 @@ Arrays of one group at one step share their row of scalars, computed once."""
 import math
 import operator
 
-from . import _backend, _multi, _scalars
+from . import _backend, _kernel_call, _multi, _scalars
+from ._kernel_call import KernelCall
 
 
 class ParamState(dict):
@@ -99,9 +100,9 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
     scale, wd, decay = _scalars.prologue(h["lr"], h["weight_decay"], decoupled, h["maximize"], inv_scale)
     seed = _scalars.step_seed(opt.seed, step) if opt.stochastic_rounding else 0
     try:
-        module.optimizer_step(opt._rule, variant, arrays.param_code, arrays.grad_code, arrays.state_code,
-                              arrays.param, arrays.grad, arrays.master, arrays.states, scalars,
-                              scale, wd, decay, seed)
+        _kernel_call.step(module, KernelCall(opt._rule, variant, arrays.param_code, arrays.grad_code,
+                                             arrays.state_code, arrays.param, arrays.grad, arrays.master,
+                                             arrays.states, scalars, scale, wd, decay, seed))
     except Exception:
         _recheck(opt, [(p, grad, names)], grad_dtype)
         raise

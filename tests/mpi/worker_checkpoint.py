@@ -28,7 +28,11 @@ CONFIGS = {
     "adam_f16_master": (fastopt.Adam, np.float16, dict(lr=1e-2, master_weights=True)),
 }
 if bfloat16 is not None:
-    CONFIGS["lion_bf16_sr"] = (fastopt.Lion, bfloat16, dict(lr=1e-3, stochastic_rounding=True, seed=3))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import rule_table  # tests/rule_table.py: the optimizers to run
+
+    for cls, (key, kwargs) in rule_table.rows("mpi_checkpoint"):
+        CONFIGS[key] = (cls, bfloat16, kwargs)
 
 
 def check(condition, what):

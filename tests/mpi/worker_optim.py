@@ -1,5 +1,6 @@
 """Run under mpiexec: every optimizer and dtype combination sharded against the plain optimizer on
 one process (the same per-rank gradients summed in rank order). Prints 'OK <n> checks' per rank."""
+import os
 import sys
 
 import numpy as np
@@ -8,6 +9,9 @@ from mpi4py import MPI
 import fastopt
 from fastopt.distributed import ShardedOptimizer, predivided
 from fastopt.distributed._layout import NORM_BLOCK
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import rule_table  # noqa: E402  (tests/rule_table.py: the optimizers to run)
 
 try:
     from ml_dtypes import bfloat16
@@ -20,18 +24,7 @@ P = 2 * 3 * NORM_BLOCK + 1234  # shards of 2 blocks at N = 3, a short last shard
 STEPS = 3
 CHECKS = 0
 
-CONFIGS = [
-    (fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    (fastopt.Adagrad, dict(lr=0.05, lr_decay=1e-3)),
-    (fastopt.RMSprop, dict(lr=1e-2, centered=True, momentum=0.5)),
-    (fastopt.Adadelta, dict(lr=1.0)),
-    (fastopt.Adam, dict(lr=1e-2, amsgrad=True)),
-    (fastopt.AdamW, dict(lr=1e-2, weight_decay=0.1)),
-    (fastopt.Adamax, dict(lr=1e-2)),
-    (fastopt.NAdam, dict(lr=1e-2)),
-    (fastopt.RAdam, dict(lr=1e-2)),
-    (fastopt.Lion, dict(lr=1e-3, weight_decay=0.1)),
-]
+CONFIGS = rule_table.rows("mpi")
 
 DTYPES = [("float32", {}), ("float64", {}), ("float16", dict(master_weights=True))]
 if bfloat16 is not None:

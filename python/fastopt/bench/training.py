@@ -106,7 +106,9 @@ class NumpyModel:
 
 
 def _numpy_trainer(widths, batchnorm, impl):
-    from .references import NumpyAdam
+    from .references import NUMPY_OPTIMIZERS
+
+    NumpyAdam = NUMPY_OPTIMIZERS["Adam"]
 
     model = NumpyModel(widths, batchnorm)
     if impl == "fastopt":

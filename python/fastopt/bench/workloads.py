@@ -1,6 +1,8 @@
 """What the benchmark measures: optimizers and their hyper-parameters, model shapes, BatchNorm shapes."""
 import dataclasses
 
+from ..rules import BUILTIN as _RULES
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -12,19 +14,9 @@ class OptimizerSpec:
         return dict(self.hp)
 
 
-# Typical settings; weight decay on where it is the optimizer's usual setting (AdamW, Lion).
-OPTIMIZERS = (
-    OptimizerSpec("SGD", (("lr", 1e-2), ("momentum", 0.9))),
-    OptimizerSpec("Adagrad", (("lr", 1e-2),)),
-    OptimizerSpec("RMSprop", (("lr", 1e-2),)),
-    OptimizerSpec("Adadelta", (("lr", 1.0),)),
-    OptimizerSpec("Adam", (("lr", 1e-3),)),
-    OptimizerSpec("AdamW", (("lr", 1e-3), ("weight_decay", 1e-2))),
-    OptimizerSpec("Adamax", (("lr", 2e-3),)),
-    OptimizerSpec("NAdam", (("lr", 2e-3),)),
-    OptimizerSpec("RAdam", (("lr", 1e-3),)),
-    OptimizerSpec("Lion", (("lr", 1e-4), ("weight_decay", 1e-2))),
-)
+# Typical settings (each rule module's BENCH); weight decay on where it is the optimizer's usual
+# setting (AdamW, decoupled-decay rules).
+OPTIMIZERS = tuple(OptimizerSpec(name, hp) for rule in _RULES for name, hp in rule.BENCH)
 OPTIMIZER_BY_NAME = {spec.name: spec for spec in OPTIMIZERS}
 
 SIZES_FULL = (10_000, 1_000_000, 10_000_000, 64_000_000)

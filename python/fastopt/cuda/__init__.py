@@ -13,12 +13,14 @@ tools/gpu_check.sh).
 """
 import numpy as np
 
-from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
-from .._scalars import NUM_VARIANTS, RULE_NAMES
+from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64, STEP_COMBINATIONS
+from ..rules import MAX_SCALARS, NUM_VARIANTS, RULE_NAMES
+from .._kernel_call import KernelCall
 from ._loader import CupyDevice
 
 SOURCE = "kernels.cu"
 NUM_RULE_SCALARS = 8  # the kernel's k0..k7
+assert MAX_SCALARS <= NUM_RULE_SCALARS, "a rule has more scalars than kernels.cu passes"
 THREADS = 256
 VEC = 4  # kVec in kernels.cu
 
@@ -39,14 +41,8 @@ def norm_kernel_name(code):
 
 
 def supported_type_combinations():
-    """(param, grad, state) codes the kernels are instantiated for: those of the CPU kernels."""
-    combos = [(CODE_FLOAT64, CODE_FLOAT64, CODE_FLOAT64),
-              (CODE_FLOAT32, CODE_FLOAT32, CODE_FLOAT32), (CODE_FLOAT32, CODE_FLOAT32, CODE_BFLOAT16)]
-    for half in (CODE_FLOAT16, CODE_BFLOAT16):
-        for grad in (half, CODE_FLOAT32):
-            for state in (CODE_FLOAT32, CODE_BFLOAT16):
-                combos.append((half, grad, state))
-    return combos
+    """(param, grad, state) codes the kernels are instantiated for: fastopt._dtypes.STEP_COMBINATIONS."""
+    return list(STEP_COMBINATIONS)
 
 
 def all_kernel_names():
@@ -68,24 +64,25 @@ def _aligned(arrays, device):
     return all(device.address(a) % (a.itemsize * VEC) == 0 for a in arrays)
 
 
-def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed, device=None):
-    """`device`: where the kernel runs (default: CuPy on param's GPU; the emulator passes its own)."""
-    n = param.size
+def optimizer_step(*fields, device=None):
+    """One KernelCall (fastopt._kernel_call), given positionally. `device`: where the kernel runs
+    (default: CuPy on param's GPU; the emulator passes its own)."""
+    c = KernelCall(*fields)
+    n = c.param.size
     if n == 0:
         return
-    device = CupyDevice(param) if device is None else device
-    stochastic = param_code == CODE_BFLOAT16 and master is None
-    name = step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic)
-    used = [param, grad] + list(states) + ([master] if master is not None else [])
+    device = CupyDevice(c.param) if device is None else device
+    stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    name = step_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic)
+    used = [c.param, c.grad] + list(c.states) + ([c.master] if c.master is not None else [])
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
-    slots = list(states) + [param] * (3 - len(states))
-    k = list(scalars) + [0.0] * (NUM_RULE_SCALARS - len(scalars))
+    slots = list(c.states) + [c.param] * (3 - len(c.states))
+    k = list(c.scalars) + [0.0] * (NUM_RULE_SCALARS - len(c.scalars))
     blocks = int(min(_max_blocks(device), -(-n // (THREADS * VEC))))
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
-                  (param, grad, master if master is not None else param, *slots, np.int64(n),
-                   np.bool_(_aligned(used, device)), np.float64(grad_scale), np.float64(weight_decay),
-                   np.float64(decay_factor), np.uint32(rounding_seed), *map(np.float64, k)))
+                  (c.param, c.grad, c.master if c.master is not None else c.param, *slots, np.int64(n),
+                   np.bool_(_aligned(used, device)), np.float64(c.grad_scale), np.float64(c.weight_decay),
+                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *map(np.float64, k)))
 
 
 def _norm_blocks(n):

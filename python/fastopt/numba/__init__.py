@@ -8,27 +8,32 @@ import numpy as np
 from numba import njit, prange
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
+from .._kernel_call import KernelCall
+from ..rules import RULES
 from .math import storage as _storage
 from .optim import kernel_for, runs_parallel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
 
 
-def optimizer_step(rule, variant, param_code, grad_code, state_code, param, grad, master, states,
-                   scalars, grad_scale, weight_decay, decay_factor, rounding_seed):
-    compute = np.float64 if param_code == CODE_FLOAT64 else np.float32
-    k = np.array(scalars, dtype=compute)
+def optimizer_step(*fields):
+    """One KernelCall (fastopt._kernel_call), given positionally."""
+    c = KernelCall(*fields)
+    compute = np.float64 if c.param_code == CODE_FLOAT64 else np.float32
+    # The rule's scalars in the compute type, as its named tuple: the mirror reads them by name.
+    k = RULES[c.rule].Scalars._make(compute(x) for x in c.scalars)
     # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
-    pro = np.array([grad_scale, weight_decay, decay_factor, 0.0, 1.0], dtype=compute)
-    state_arrays = [_storage(s, state_code) for s in states]
+    pro = np.array([c.grad_scale, c.weight_decay, c.decay_factor, 0.0, 1.0], dtype=compute)
+    state_arrays = [_storage(s, c.state_code) for s in c.states]
     empty_state = np.empty(0, dtype=state_arrays[0].dtype if state_arrays else compute)
     while len(state_arrays) < 3:
         state_arrays.append(empty_state)
-    master_flat = master.reshape(-1) if master is not None else np.empty(0, np.float32)
-    kernel = kernel_for(rule, param.size, variant, len(states), master is not None, param_code, grad_code, state_code,
-                        param_code == CODE_BFLOAT16 and master is None)
-    kernel(_storage(param, param_code), _storage(grad, grad_code), master_flat, *state_arrays, k, pro,
-           np.uint32(rounding_seed))
+    master_flat = c.master.reshape(-1) if c.master is not None else np.empty(0, np.float32)
+    stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    kernel = kernel_for(c.rule, c.param.size, c.variant, len(c.states), c.master is not None, c.param_code,
+                        c.grad_code, c.state_code, stochastic)
+    kernel(_storage(c.param, c.param_code), _storage(c.grad, c.grad_code), master_flat, *state_arrays, k, pro,
+           np.uint32(c.rounding_seed))
 
 
 @njit(inline="always")

@@ -1,6 +1,7 @@
-"""Numba mirror of csrc/fastopt/math: the same rules, names and scalar orders, for the backend
-used where the compiled extension is missing. Arithmetic stays in the compute type (float32 for
-float32 and half data, float64 for float64): every scalar comes in an array of that type and no
+"""Numba mirror of csrc/fastopt/math's helpers: the conversions, rounding and the compiled form of
+each rule's mirror (in its module in fastopt.rules), for the backend used where the compiled
+extension is missing. Arithmetic stays in the compute type (float32 for float32 and half data,
+float64 for float64): every scalar comes in that type and no
 Python float literal enters the maths, so results match the C++ kernels bit for bit."""
 import numpy as np
 from llvmlite import ir
@@ -8,6 +9,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .._dtypes import CODE_BFLOAT16, UINT16, is_half
+from ..rules._base import fo_max, fo_sign
 
 # ---- bit-exact half conversions (common.h) ----------------------------------------------------
 
@@ -150,135 +152,28 @@ def _store(a, i, value, code):
     return impl
 
 
-@njit(inline="always")
-def fo_max(a, b):
-    return a if (a != a or a > b) else b
+# ---- the rules --------------------------------------------------------------------------------
+# Each rule's mirror is plain Python in its module (fastopt.rules): it returns (p, s0, s1, s2),
+# reads its scalars by name from a named tuple in the compute type, and c holds the constants
+# (0, 1). The helpers it calls compile here, as common.h writes them.
 
 
-@njit(inline="always")
-def fo_sign(a, one, zero):
-    return one if a > zero else (-one if a < zero else a * zero)
+@overload(fo_max)
+def _fo_max(a, b):
+    return lambda a, b: a if (a != a or a > b) else b
 
 
-# ---- the rules (same variants and scalar orders as the headers) -------------------------------
-# Each returns (p, s0, s1, s2). k holds the rule's scalars, c the constants (0, 1) in the compute type.
-
-SGD_PLAIN, SGD_MOMENTUM, SGD_NESTEROV, SGD_VELOCITY, SGD_VELOCITY_NESTEROV = range(5)
-
-
-@njit(inline="always")
-def sgd_update(v, p, g, buf, s1, s2, k, c):
-    lr, momentum, one_minus_dampening, first_step = k[0], k[1], k[2], k[3] != c[0]
-    if v == SGD_PLAIN:
-        p = p - lr * g
-    elif v == SGD_MOMENTUM or v == SGD_NESTEROV:
-        buf = g if first_step else momentum * buf + one_minus_dampening * g
-        direction = g + momentum * buf if v == SGD_NESTEROV else buf
-        p = p - lr * direction
-    else:
-        step = lr * g
-        buf = -step if first_step else momentum * buf - step
-        p = p + (momentum * buf - step if v == SGD_VELOCITY_NESTEROV else buf)
-    return p, buf, s1, s2
+@overload(fo_sign)
+def _fo_sign(a, one, zero):
+    return lambda a, one, zero: one if a > zero else (-one if a < zero else a * zero)
 
 
-@njit(inline="always")
-def adagrad_update(v, p, g, total, s1, s2, k, c):
-    total = total + g * g
-    p = p - k[0] * g / (np.sqrt(total + k[1]) + k[2])
-    return p, total, s1, s2
+_UPDATES = {}
 
 
-RMSPROP_CENTERED, RMSPROP_MOMENTUM, RMSPROP_NESTEROV = 1, 2, 4
-
-
-@njit(inline="always")
-def rmsprop_update(v, p, g, square_avg, s1, s2, k, c):
-    lr, alpha, one_minus_alpha, eps_in, eps_out, momentum = k[0], k[1], k[2], k[3], k[4], k[5]
-    centered = (v & RMSPROP_CENTERED) != 0
-    has_momentum = (v & (RMSPROP_MOMENTUM | RMSPROP_NESTEROV)) != 0
-    square_avg = alpha * square_avg + one_minus_alpha * g * g
-    variance = square_avg
-    if centered:
-        s1 = alpha * s1 + one_minus_alpha * g
-        variance = square_avg - s1 * s1
-    scaled = g / (np.sqrt(variance + eps_in) + eps_out)
-    if has_momentum:
-        buf = s2 if centered else s1
-        buf = momentum * buf + scaled
-        p = p - lr * (scaled + momentum * buf if (v & RMSPROP_NESTEROV) != 0 else buf)
-        if centered:
-            s2 = buf
-        else:
-            s1 = buf
-    else:
-        p = p - lr * scaled
-    return p, square_avg, s1, s2
-
-
-@njit(inline="always")
-def adadelta_update(v, p, g, square_avg, acc_delta, s2, k, c):
-    lr, rho, one_minus_rho, eps = k[0], k[1], k[2], k[3]
-    square_avg = rho * square_avg + one_minus_rho * g * g
-    delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
-    acc_delta = rho * acc_delta + one_minus_rho * delta * delta
-    p = p - lr * delta
-    return p, square_avg, acc_delta, s2
-
-
-ADAM_AMSGRAD = 1
-
-
-@njit(inline="always")
-def adam_update(v, p, g, m, s, vmax, k, c):
-    m = k[0] * m + k[1] * g
-    s = k[2] * s + k[3] * g * g
-    second = s
-    if v == ADAM_AMSGRAD:
-        vmax = fo_max(vmax, s)
-        second = vmax
-    denom = np.sqrt(second) / k[5] + k[6]
-    p = p - k[4] * m / denom
-    return p, m, s, vmax
-
-
-@njit(inline="always")
-def adamax_update(v, p, g, m, u, s2, k, c):
-    m = k[0] * m + k[1] * g
-    u = fo_max(k[2] * u, np.abs(g) + k[4])
-    p = p - k[3] * m / u
-    return p, m, u, s2
-
-
-@njit(inline="always")
-def nadam_update(v, p, g, m, s, s2, k, c):
-    m = k[0] * m + k[1] * g
-    s = k[2] * s + k[3] * g * g
-    denom = np.sqrt(s / k[4]) + k[5]
-    p = p - k[6] * g / denom - k[7] * m / denom
-    return p, m, s, s2
-
-
-@njit(inline="always")
-def radam_update(v, p, g, m, s, s2, k, c):
-    m = k[0] * m + k[1] * g
-    s = k[2] * s + k[3] * g * g
-    if k[4] != c[0]:
-        step = k[5] * m / (np.sqrt(s) + k[7])
-    else:
-        step = k[6] * m
-    p = p - step
-    return p, m, s, s2
-
-
-@njit(inline="always")
-def lion_update(v, p, g, m, s1, s2, k, c):
-    interp = k[1] * m + k[2] * g
-    p = p - k[0] * fo_sign(interp, c[1], c[0])
-    m = k[3] * m + k[4] * g
-    return p, m, s1, s2
-
-
-# Indexed by rule id (fastopt._scalars).
-UPDATES = (sgd_update, adagrad_update, rmsprop_update, adadelta_update, adam_update, adamax_update,
-           nadam_update, radam_update, lion_update)
+def update_for(rule):
+    """The jitted per-element mirror of `rule` (a registered rule module)."""
+    update = _UPDATES.get(rule)
+    if update is None:
+        update = _UPDATES[rule] = njit(inline="always")(rule.numba_update)
+    return update

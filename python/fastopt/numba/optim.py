@@ -9,7 +9,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .math import UPDATES, element_random, float_to_bf16_stochastic, store, widen
+from ..rules import RULES
+from .math import element_random, float_to_bf16_stochastic, store, update_for, widen
 
 _CACHE = {}
 PARALLEL_THRESHOLD = 1 << 15  # csrc/cpu/kernels.h kParallelThreshold
@@ -54,10 +55,10 @@ def kernel_for(rule, size, *constants):
     """The loop of `rule` for (variant, num_states, has_master, param_code, grad_code, state_code,
     stochastic), compiled on first use, parallel or not as runs_parallel(size) says."""
     parallel = runs_parallel(size)
-    key = (rule, parallel) + constants
+    key = (RULES[rule], parallel) + constants
     kernel = _CACHE.get(key)
     if kernel is None:
-        loop = _make_loop(UPDATES[rule], *constants)
+        loop = _make_loop(update_for(key[0]), *constants)
         # IEEE division, as in C++ (and in parallel loops, whatever the model): Python's error
         # model tests every divisor for zero, which kept the serial loops scalar, 4-9x slower.
         kernel = _CACHE[key] = njit(parallel=parallel, error_model="numpy")(loop)

@@ -1,0 +1,120 @@
+"""The optimizers the tests run, one row per class: a new rule adds its row here and every test
+that draws on the table runs it (docs/contributing.md). Each test names the fields it reads."""
+import fastopt
+
+ROWS = {
+    "SGD": dict(
+        cases=[dict(lr=0.05), dict(lr=0.05, momentum=0.9),
+               dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+               dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True),
+               dict(lr=0.05, momentum=0.8, velocity_form=True),
+               dict(lr=0.05, momentum=0.8, velocity_form=True, nesterov=True)],
+        half=dict(lr=0.05, momentum=0.9, nesterov=True),
+        bad=[(dict(momentum=-1), "momentum"), (dict(nesterov=True), "Nesterov"),
+             (dict(momentum=0.9, dampening=0.5, velocity_form=True), "velocity_form")],
+        sample=dict(lr=0.1, momentum=0.9),  # one of the rules the slower property tests sample
+        torch=True,
+        torch_cases=[dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+                     dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)],
+        group_cases=[(dict(lr=0.05, momentum=0.9, weight_decay=0.01), dict(lr=0.02, dampening=0.2), dict(momentum=0.0)),
+                     (dict(lr=0.05, momentum=0.9, nesterov=True), dict(weight_decay=0.1), dict(maximize=True))],
+        mpi=dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    ),
+    "Adagrad": dict(
+        cases=[dict(lr=0.1), dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1),
+               dict(lr=0.1, eps_inside_sqrt=True, eps=1e-6, maximize=True)],
+        half=dict(lr=0.1),
+        bad=[(dict(lr_decay=-1), "lr_decay"), (dict(initial_accumulator_value=-1), "initial_accumulator_value")],
+        torch=True,
+        torch_cases=[dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)],
+        group_cases=[(dict(lr=0.1, lr_decay=0.01), dict(lr=0.05, eps=1e-6), dict(weight_decay=0.1))],
+        mpi=dict(lr=0.05, lr_decay=1e-3),
+    ),
+    "RMSprop": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, centered=True, weight_decay=0.01), dict(lr=0.01, momentum=0.9),
+               dict(lr=0.01, momentum=0.9, centered=True, eps_inside_sqrt=True),
+               dict(lr=0.01, momentum=0.9, nesterov=True, maximize=True),
+               dict(lr=0.01, momentum=0.5, nesterov=True, centered=True)],
+        half=dict(lr=0.01, centered=True, momentum=0.5),
+        bad=[(dict(nesterov=True), "nesterov")],
+        torch=True,
+        torch_cases=[dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)],
+        group_cases=[(dict(lr=0.01, momentum=0.9), dict(centered=True, weight_decay=0.01),
+                      dict(momentum=0.0, alpha=0.9))],
+        mpi=dict(lr=1e-2, centered=True, momentum=0.5),
+    ),
+    "Adadelta": dict(
+        cases=[dict(), dict(lr=0.5, rho=0.95, weight_decay=0.01, maximize=True)],
+        bad=[(dict(rho=1.5), "rho")],
+        torch=True,
+        torch_cases=[dict(lr=0.5, weight_decay=0.01)],
+        group_cases=[(dict(lr=0.5), dict(rho=0.8), dict(weight_decay=0.01))],
+        mpi=dict(lr=1.0),
+    ),
+    "Adam": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+               dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, maximize=True)],
+        half=dict(lr=0.01),
+        bad=[(dict(lr=-1), "lr"), (dict(betas=(0.9, 1.0)), "betas"), (dict(betas=(0.9,)), "betas")],
+        sample=dict(lr=0.1),
+        torch=True,
+        torch_cases=[dict(lr=0.01, amsgrad=True, weight_decay=0.01)],
+        group_cases=[(dict(lr=0.01), dict(lr=0.02, weight_decay=0.01), dict(amsgrad=True))],
+        mpi=dict(lr=1e-2, amsgrad=True),
+    ),
+    "AdamW": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.1)],
+        half=dict(lr=0.01, amsgrad=True),
+        bad=[(dict(eps=0), "eps")],
+        torch=True,
+        torch_cases=[dict(lr=0.01)],
+        group_cases=[(dict(lr=0.01), dict(weight_decay=0.0), dict(amsgrad=True, betas=(0.8, 0.9)))],
+        mpi=dict(lr=1e-2, weight_decay=0.1),
+    ),
+    "Adamax": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, maximize=True)],
+        torch=True,
+        torch_cases=[dict(lr=0.01, weight_decay=0.01)],
+        group_cases=[(dict(lr=0.01), dict(weight_decay=0.01), dict(lr=0.002))],
+        mpi=dict(lr=1e-2),
+    ),
+    "NAdam": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
+        bad=[(dict(momentum_decay=-1), "momentum_decay")],
+        torch=True,
+        torch_cases=[dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
+        group_cases=[(dict(lr=0.01), dict(momentum_decay=0.01), dict(weight_decay=0.01, decoupled_weight_decay=True))],
+        mpi=dict(lr=1e-2),
+    ),
+    "RAdam": dict(
+        cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True, maximize=True)],
+        torch=True,
+        torch_cases=[dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
+        group_cases=[(dict(lr=0.01), dict(weight_decay=0.01), dict(weight_decay=0.01, decoupled_weight_decay=True))],
+        mpi=dict(lr=1e-2),
+    ),
+    "Lion": dict(
+        cases=[dict(lr=1e-3), dict(lr=1e-3, weight_decay=0.1, betas=(0.95, 0.98))],
+        half=dict(lr=1e-3),
+        bad=[(dict(betas=(1.1, 0.9)), "betas")],
+        sample=dict(lr=0.1),
+        torch=False,  # torch.optim has no such class
+        bench_bytes=({}, 20),  # read p g m, write p m
+        foreign_checkpoint="Adam",  # a class whose checkpoint this one refuses
+        mpi=dict(lr=1e-3, weight_decay=0.1),
+        mpi_checkpoint=("lion_bf16_sr", dict(lr=1e-3, stochastic_rounding=True, seed=3)),
+    ),
+}
+
+
+def cls(name):
+    return getattr(fastopt, name)
+
+
+def rows(field):
+    """(class, value) of every row that has `field`, in table order."""
+    return [(cls(name), row[field]) for name, row in ROWS.items() if field in row]
+
+
+def names(field, value=True):
+    return [name for name, row in ROWS.items() if row.get(field) == value]
