@@ -70,7 +70,7 @@ double py_sum_of_squares(int dtype, py::array x) {
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-    m.doc() = "fastopt's C++/OpenMP kernels (internal: call through fastopt's Python API)";
+    m.doc() = "fastopt's C++ kernels (internal: call through fastopt's Python API)";
     m.def("optimizer_step", &py_optimizer_step);
     m.def("sum_of_squares", &py_sum_of_squares);
     m.def("num_threads", &num_threads);

@@ -1,4 +1,4 @@
-"""Float64 NumPy reference of ALGORITHMS.md's batch normalization, written from the formulas
+"""Float64 NumPy reference of docs/algorithms.md's BatchNorm, written from the formulas
 (two passes: mean, then centred squares) with nothing shared with the kernels."""
 import numpy as np
 

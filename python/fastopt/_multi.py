@@ -3,7 +3,7 @@
 The arrays of a step that share the rule's variant and their dtypes form one call; each array
 (a segment) points at a row of scalars (its group's hyper-parameters and its own step count), so
 groups and per-array bias corrections ride in the same call. The cpu backend walks the table in
-one OpenMP region (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make one call per
+one parallel loop (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make one call per
 array, with the same bits."""
 import numpy as np
 

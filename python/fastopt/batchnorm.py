@@ -1,6 +1,6 @@
 """Batch normalization (Ioffe & Szegedy 2015), fused forward and backward kernels.
 
-The rules are ALGORITHMS.md's "Batch normalization"; names and defaults follow
+The rules are docs/algorithms.md's "BatchNorm"; names and defaults follow
 ``torch.nn.functional.batch_norm``. ``x`` is (N, C), (N, C, L) or (N, C, H, W) with the channel
 on ``axis=1``, or channels-last with ``axis=-1``. float32 and float64 data keep statistics and
 parameters in their own type; float16 and bfloat16 data are read and written in their own type

@@ -1,5 +1,5 @@
 // Batch normalization (Ioffe & Szegedy 2015): the per-element formulas and the per-channel
-// statistics, shared by the OpenMP and CUDA drivers (ALGORITHMS.md, "Batch normalization").
+// statistics, shared by the CPU and CUDA drivers (docs/algorithms.md, "BatchNorm").
 //
 // Statistics: every channel is cut into fixed blocks. A block sums d = x - shift and d * d in
 // float64, where shift is one of the channel's values (its first), so the sums stay of the size

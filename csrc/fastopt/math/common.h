@@ -1,7 +1,7 @@
 // Shared building blocks of the per-element math: host/device qualifiers, the few maths
 // functions the rules use, and bit-exact half-precision conversions.
 //
-// Every header under fastopt/math compiles as host C++ (the OpenMP drivers) and as CUDA device
+// Every header under fastopt/math compiles as host C++ (the threaded CPU drivers) and as CUDA device
 // code (NVRTC, through CuPy). Nothing here may depend on the C++ standard library on the device
 // side, so the maths functions go through the fo_* wrappers below.
 #pragma once
