@@ -148,6 +148,7 @@ class OptimizerCore:
         put("_group_cache", [])
         put("_last_grads", None)
         put("_plan", None)  # a list step's reusable work (_stepping._Plan)
+        put("_one_step", None)  # the same for one array (_stepping.step_one)
         put("defaults", self._checked_options(defaults, "defaults"))
         for group in groups:
             self.add_param_group(group)
@@ -259,7 +260,7 @@ class OptimizerCore:
             self._init_param_state(p, checked)
         self.param_groups.append(group)
         self._group_cache.append(None)
-        self.__dict__["_plan"] = None
+        self.__dict__["_plan"] = self.__dict__["_one_step"] = None
         self._params.extend(new)
 
     def _new_param(self, source, group_index, where):
@@ -483,7 +484,7 @@ class OptimizerCore:
         state = dict(self.__dict__)
         state["_group_cache"] = [None] * len(state["_group_cache"])
         state["_last_grads"] = None
-        state["_plan"] = None
+        state["_plan"] = state["_one_step"] = None
         return state
 
     def __setstate__(self, state):

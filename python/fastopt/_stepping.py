@@ -83,19 +83,28 @@ def _clip(opt, module, pairs, inv_scale, max_grad_norm, skip_nonfinite):
 
 def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
     """An optimizer of one array (fastopt's own form, FlatParams): the same checks and kernel,
-    without the list's bookkeeping, so a small step keeps a small overhead."""
+    without the list's bookkeeping, so a small step keeps a small overhead. The checked arrays are
+    reused while the grad object, the group's options and every state dict are untouched (the
+    step writes its count around ParamState.writes for that)."""
     p = opt._params[0]
     h = opt._group_options(0)
-    names = opt._state_names(h)
-    opt._ensure_state(p, names, h)
-    arrays = opt._arrays(p, grad, names, grad_dtype)
+    reuse = opt._one_step
+    if reuse is not None and reuse[0] is grad and reuse[1] is h and reuse[2] == ParamState.writes \
+            and reuse[3] == grad_dtype:
+        arrays = reuse[4]
+    else:
+        names = opt._state_names(h)
+        opt._ensure_state(p, names, h)
+        arrays = opt._arrays(p, grad, names, grad_dtype)
+        opt.__dict__["_one_step"] = (grad, h, ParamState.writes, grad_dtype, arrays)
     _begin(opt, [grad])
     module = _backend.select(arrays.kind, opt.backend).module
     inv_scale, skipped = _clip(opt, module, ((arrays.grad_code, arrays.grad),), inv_scale, max_grad_norm,
                                skip_nonfinite)
     if skipped:
         return opt.last_grad_norm
-    step = p.state["step"] + 1
+    state = p.state
+    step = state["step"] + 1
     variant, scalars, decoupled, host = opt._rule_scalars(h, step, p)
     scale, wd, decay = _scalars.prologue(h["lr"], h["weight_decay"], decoupled, h["maximize"], inv_scale)
     seed = _scalars.step_seed(opt.seed, step) if opt.stochastic_rounding else 0
@@ -104,11 +113,12 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
                                              arrays.state_code, arrays.param, arrays.grad, arrays.master,
                                              arrays.states, scalars, scale, wd, decay, seed))
     except Exception:
-        _recheck(opt, [(p, grad, names)], grad_dtype)
+        opt.__dict__["_one_step"] = None
+        _recheck(opt, [(p, grad, opt._state_names(h))], grad_dtype)
         raise
-    p.state["step"] = step
+    dict.__setitem__(state, "step", step)
     if host:
-        p.state.update(host)
+        dict.update(state, host)
     p.fresh.clear()
     return opt.last_grad_norm
 

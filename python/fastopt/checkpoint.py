@@ -235,7 +235,7 @@ def load_state_dict(opt, sd):
         dict.clear(group)  # the values are checked: written as they are
         dict.update(group, params=params, **extras, **checked)
     opt._group_cache[:] = [None] * len(opt._group_cache)
-    opt.__dict__["_plan"] = None
+    opt.__dict__["_plan"] = opt.__dict__["_one_step"] = None
 
 
 # ---- files ------------------------------------------------------------------------------------

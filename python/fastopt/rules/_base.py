@@ -52,9 +52,14 @@ STEP_KEYWORDS = dict(maximize=False, grad_scale=None, max_grad_norm=None, skip_n
 StepOptions = collections.namedtuple("StepOptions", ("weight_decay",) + tuple(STEP_KEYWORDS))
 
 
+_STEP_DEFAULTS = tuple(STEP_KEYWORDS.values())
+
+
 def step_options(weight_decay, keywords):
     """The shared keywords of one functional call, defaults filled in and checked."""
-    unknown = set(keywords) - set(STEP_KEYWORDS)
+    if not keywords:  # the common call: no dict to merge (_make skips the keyword parsing)
+        return StepOptions._make((_checks.nonnegative("weight_decay", weight_decay),) + _STEP_DEFAULTS)
+    unknown = keywords.keys() - STEP_KEYWORDS.keys()
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
     o = {**STEP_KEYWORDS, **keywords}
