@@ -65,7 +65,7 @@ ROWS = {
     "AdamW": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.1)],
         half=dict(lr=0.01, amsgrad=True),
-        bad=[(dict(eps=0), "eps")],
+        bad=[(dict(eps=-1e-8), "eps")],
         torch=True,
         torch_cases=[dict(lr=0.01)],
         group_cases=[(dict(lr=0.01), dict(weight_decay=0.0), dict(amsgrad=True, betas=(0.8, 0.9)))],

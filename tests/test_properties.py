@@ -24,7 +24,7 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], der
 LAYOUT_FAULTS = ["strided-param", "strided-grad", "state-overlaps-param", "grad-size", "state-dtype",
                  "read-only-state", "misaligned-grad", "missing-buffer"]
 HYPER_FAULTS = {"lr": [-0.1, math.nan, math.inf], "beta1": [1.0, -0.5, math.nan], "beta2": [1.0, math.nan],
-                "eps": [0.0, -1e-8, math.nan], "wd": [-0.01, math.nan], "step": [0, -1]}
+                "eps": [-1e-8, math.inf, math.nan], "wd": [-0.01, math.nan], "step": [0, -1]}
 FAULTS = LAYOUT_FAULTS + [f"{k}={v}" for k, vs in HYPER_FAULTS.items() for v in vs]
 
 

@@ -3,6 +3,8 @@
 Both sides run in float64 on the same gradients; the only differences are the order of a few
 roundings per step (torch uses lerp/addcdiv, fastopt folds scalars), so 1e-10 relative is ample,
 while a different rule or default would differ by far more."""
+import inspect
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,24 @@ def test_matches_torch_optim(backend, case):
         torch.set_default_dtype(previous_default)
 
 
+EPS_CLASSES = [name for name in rule_table.names("torch") if "eps" in
+               inspect.signature(getattr(torch.optim, name).__init__).parameters]
+
+
+@pytest.mark.parametrize("name", EPS_CLASSES)
+def test_eps_zero_is_accepted_as_torch_accepts_it(name):
+    # Gradients without zeros keep every denominator nonzero, so both sides stay finite.
+    param, grads = random_arrays(257, np.float64, 21, 10)
+    grads = [np.where(g == 0, 0.5, g) for g in grads]
+    previous_default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        run_both(rule_table.cls(name), getattr(torch.optim, name), dict(eps=0.0), param, grads, "cpu")
+    finally:
+        torch.set_default_dtype(previous_default)
+    assert np.all(np.isfinite(param))
+
+
 def run_both(ours_cls, torch_cls, kwargs, param, grads, backend):
     tp = torch.nn.Parameter(torch.from_numpy(param.copy()))
     topt = torch_cls([tp], **kwargs)
@@ -45,8 +65,6 @@ def run_both(ours_cls, torch_cls, kwargs, param, grads, backend):
 
 def test_defaults_match_torch():
     """Constructor defaults are torch.optim's, so code can switch between the two."""
-    import inspect
-
     for ours in map(rule_table.cls, rule_table.names("torch")):
         theirs = getattr(torch.optim, ours.__name__)
         ours_sig, their_sig = inspect.signature(ours.__init__), inspect.signature(theirs.__init__)

@@ -173,7 +173,7 @@ def _cases():
 
     for name, value, match in [("beta1", 1.0, "Invalid beta1: 1.0"), ("beta1", -0.1, "Invalid beta1"),
                                ("beta2", math.nan, "beta2 must not be NaN"),
-                               ("eps", 0.0, "Invalid eps"), ("eps", -1e-8, "Invalid eps"),
+                               ("eps", -1e-8, "Invalid eps"), ("eps", math.inf, "Invalid eps"),
                                ("weight_decay", -0.1, "Invalid weight_decay"), ("weight_decay", math.nan, "weight_decay"),
                                ("grad_scale", 0.0, "Invalid grad_scale"), ("grad_scale", math.inf, "Invalid grad_scale"),
                                ("max_grad_norm", 0.0, "Invalid max_grad_norm")]:

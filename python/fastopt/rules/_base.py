@@ -17,6 +17,11 @@ betas = _betas
 flag = _flag
 
 
+def epsilon(name, value):
+    """A denominator's eps: >= 0, as torch.optim (0 gives the division by zero torch gives)."""
+    return _checks.nonnegative(name, value)
+
+
 def closed_unit(name, value):
     return _checks.unit_interval(name, value, closed=True)
 
@@ -24,7 +29,7 @@ def closed_unit(name, value):
 def adam_like(lr, beta1, beta2, eps):
     """lr, beta1, beta2 and eps of the Adam family, checked."""
     return (nonnegative("lr", lr), unit_interval("beta1", beta1), unit_interval("beta2", beta2),
-            positive("eps", eps))
+            epsilon("eps", eps))
 
 
 class Optimizer(OptimizerCore):

@@ -27,7 +27,7 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, w
     """AdaDelta (Zeiler 2012): delta = sqrt(acc + eps) / sqrt(sq + eps) * g; p -= lr * delta."""
     lr = b.nonnegative("lr", lr)
     rho = b.closed_unit("rho", rho)
-    eps = b.positive("eps", eps)
+    eps = b.epsilon("eps", eps)
     o = b.step_options(weight_decay, options)
     variant, scalars = host_scalars(lr, rho, eps)
     states = [("square_avg", square_avg), ("acc_delta", acc_delta)]
@@ -38,7 +38,7 @@ class Adadelta(b.Optimizer):
     """torch.optim.Adadelta (lr=1 is Zeiler's original)."""
 
     _state_array_names = STATES
-    _options = b.option_table(lr=b.nonnegative, rho=b.closed_unit, eps=b.positive, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, rho=b.closed_unit, eps=b.epsilon, weight_decay=b.nonnegative,
                               maximize=b.flag)
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False, **options):

@@ -28,7 +28,7 @@ def adagrad(param, grad, sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, 
     clr = lr / (1 + (step - 1) lr_decay). ``eps_inside_sqrt``: sqrt(sum + eps)."""
     lr = b.nonnegative("lr", lr)
     lr_decay = b.nonnegative("lr_decay", lr_decay)
-    eps = b.positive("eps", eps)
+    eps = b.epsilon("eps", eps)
     o = b.step_options(weight_decay, options)
     step = b.step_count(step)
     variant, scalars = host_scalars(lr, lr_decay, eps, eps_inside_sqrt, step)
@@ -40,7 +40,7 @@ class Adagrad(b.Optimizer):
 
     _state_array_names = STATES
     _options = b.option_table(lr=b.nonnegative, lr_decay=b.nonnegative, weight_decay=b.nonnegative,
-                              initial_accumulator_value=b.nonnegative, eps=b.positive, maximize=b.flag,
+                              initial_accumulator_value=b.nonnegative, eps=b.epsilon, maximize=b.flag,
                               eps_inside_sqrt=b.flag)
     _optional = frozenset(b.TORCH_NOOPS + ("eps_inside_sqrt",))
     _eager_states = True

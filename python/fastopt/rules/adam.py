@@ -62,7 +62,7 @@ class Adam(b.Optimizer):
     """torch.optim.Adam (with ``amsgrad``; ``decoupled_weight_decay=True`` is AdamW)."""
 
     _state_array_names = STATES
-    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.positive, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.epsilon, weight_decay=b.nonnegative,
                               amsgrad=b.flag, maximize=b.flag, decoupled_weight_decay=b.flag)
     _optional = frozenset(b.TORCH_NOOPS + ("decoupled_weight_decay",))
 

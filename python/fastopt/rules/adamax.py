@@ -37,7 +37,7 @@ class Adamax(b.Optimizer):
     """torch.optim.Adamax."""
 
     _state_array_names = STATES
-    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.positive, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.epsilon, weight_decay=b.nonnegative,
                               maximize=b.flag)
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, *, maximize=False,

@@ -71,7 +71,7 @@ class NAdam(b.Optimizer):
     """torch.optim.NAdam; ``state["mu_product"]`` is the running product of the momentum schedule."""
 
     _state_array_names = STATES
-    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.positive, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, betas=b.betas, eps=b.epsilon, weight_decay=b.nonnegative,
                               momentum_decay=b.nonnegative, decoupled_weight_decay=b.flag, maximize=b.flag)
     _optional = frozenset(b.TORCH_NOOPS + ("decoupled_weight_decay",))
 

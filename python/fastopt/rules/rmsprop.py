@@ -54,7 +54,7 @@ def rmsprop(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=
     ``grad_avg`` is needed when centered, ``momentum_buffer`` when momentum > 0."""
     lr = b.nonnegative("lr", lr)
     alpha = b.closed_unit("alpha", alpha)
-    eps = b.positive("eps", eps)
+    eps = b.epsilon("eps", eps)
     momentum = b.nonnegative("momentum", momentum)
     o = b.step_options(weight_decay, options)
     if nesterov and momentum <= 0:
@@ -69,7 +69,7 @@ class RMSprop(b.Optimizer):
     """torch.optim.RMSprop, plus ``nesterov`` momentum (Deep Learning, Alg. 8.6) and ``eps_inside_sqrt``."""
 
     _state_array_names = STATES
-    _options = b.option_table(lr=b.nonnegative, alpha=b.closed_unit, eps=b.positive, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, alpha=b.closed_unit, eps=b.epsilon, weight_decay=b.nonnegative,
                               momentum=b.nonnegative, centered=b.flag, maximize=b.flag, nesterov=b.flag,
                               eps_inside_sqrt=b.flag)
     _optional = frozenset(b.TORCH_NOOPS + ("nesterov", "eps_inside_sqrt"))
