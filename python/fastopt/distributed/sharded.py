@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from .. import _backend, _checks, _dtypes
+from .. import _backend, _checks, _dtypes, _stepping
 from .._scalars import clip_factor
 from . import _layout
 from ._mpi import MpiTransport, agree, agree_descriptor, agree_step
@@ -39,26 +39,6 @@ def predivided(grad, ranks, out=None):
     else:
         out[...] = (grad.astype(np.float32) * np.float32(1.0 / ranks)).astype(grad.dtype)
     return out
-
-
-def _scale_for(target, float64_compute):
-    """A loss scale s with 1 / s == target, so that a factor folded into grad_scale reaches the
-    kernel as the single-process step computes it. Not every float64 is a reciprocal: then the
-    nearest (float32 kernels take float32(1 / s), which the search also matches)."""
-    x = 1.0 / target
-    candidates = [x]
-    up = down = x
-    for _ in range(8):
-        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
-        candidates += [up, down]
-    for c in candidates:
-        if 1.0 / c == target:
-            return c
-    if not float64_compute:
-        for c in candidates:
-            if np.float32(1.0 / c) == np.float32(target):
-                return c
-    return x
 
 
 class ShardedOptimizer:
@@ -328,14 +308,13 @@ class ShardedOptimizer:
                 self.last_step_skipped = True
                 return norm
             if max_grad_norm is not None:
-                factor = clip_factor(norm, max_grad_norm)
-                if factor != 1.0:
-                    scale = _scale_for(inv_scale * factor, self.param.dtype == np.float64)
+                inv_scale *= clip_factor(norm, max_grad_norm)
         o, _ = self.shard
         for a, b, opt in self._opts:
             if self.stochastic_rounding:
                 opt.seed = _layout.rounding_seed_for(self.seed, opt.state["step"] + 1, a)
-            opt.step(shard_grad[a - o:b - o], grad_scale=scale)
+            # The folded factor itself, as one process computes it (a grad_scale would be inverted).
+            _stepping.step_one(opt, shard_grad[a - o:b - o], inv_scale, None, False, None)
         self.last_step_skipped = False
         self._transport.allgather_in_place(self._flat, self.layout.counts, self.layout.offsets)
         return norm
