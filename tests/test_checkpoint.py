@@ -12,14 +12,7 @@ import rule_table
 from test_param_groups import CASES, IDS, _frozen, _setup
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("torch_float64")
 
 
 LAYOUT = [slice(0, 2), slice(2, 4), slice(4, 5)]

@@ -18,15 +18,7 @@ CASES = [(cls, getattr(torch.optim, cls.__name__)) + case
          for cls, cases in rule_table.rows("group_cases") for case in cases]
 IDS = [f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)]
 STEPS = 12
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    # torch keeps scalar state such as NAdam's mu_product in the default dtype.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("torch_float64")
 
 
 def _setup(seed=0):

@@ -18,16 +18,10 @@ CASES = [(cls, getattr(torch.optim, cls.__name__), kw) for cls, kws in rule_tabl
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0].__name__ for c in CASES])
-def test_matches_torch_optim(backend, case):
+def test_matches_torch_optim(backend, case, torch_float64):
     ours_cls, torch_cls, kwargs = CASES[case]
     param, grads = random_arrays(1031, np.float64, 20, 40)
-    # torch keeps scalar state such as NAdam's mu_product in the default dtype: make it float64.
-    previous_default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        run_both(ours_cls, torch_cls, kwargs, param, grads, backend)
-    finally:
-        torch.set_default_dtype(previous_default)
+    run_both(ours_cls, torch_cls, kwargs, param, grads, backend)
 
 
 EPS_CLASSES = [name for name in rule_table.names("torch") if "eps" in
@@ -35,16 +29,11 @@ EPS_CLASSES = [name for name in rule_table.names("torch") if "eps" in
 
 
 @pytest.mark.parametrize("name", EPS_CLASSES)
-def test_eps_zero_is_accepted_as_torch_accepts_it(name):
+def test_eps_zero_is_accepted_as_torch_accepts_it(name, torch_float64):
     # Gradients without zeros keep every denominator nonzero, so both sides stay finite.
     param, grads = random_arrays(257, np.float64, 21, 10)
     grads = [np.where(g == 0, 0.5, g) for g in grads]
-    previous_default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        run_both(rule_table.cls(name), getattr(torch.optim, name), dict(eps=0.0), param, grads, "cpu")
-    finally:
-        torch.set_default_dtype(previous_default)
+    run_both(rule_table.cls(name), getattr(torch.optim, name), dict(eps=0.0), param, grads, "cpu")
     assert np.all(np.isfinite(param))
 
 
