@@ -48,6 +48,12 @@ struct BnBackwardCall {
     void* dresidual;          // may be null; else gets dy * (y > 0) (dy where y is null)
 };
 
+// The two layouts the kernels tell apart. Channels-first: each channel's values come in rows of
+// `inner` consecutive elements (axis=1 with spatial dimensions). Channels-last: consecutive
+// elements are consecutive channels (inner == 1: axis=-1, and (N, C)).
+enum class BnLayout { kChannelsFirst, kChannelsLast };
+inline BnLayout bn_layout(int64_t inner) { return inner == 1 ? BnLayout::kChannelsLast : BnLayout::kChannelsFirst; }
+
 // A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows
 // in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
 // Row blocks are large so that their partial sums (one per channel per block) stay small: scratch
@@ -101,7 +107,7 @@ inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner
     const int64_t slice_bytes = outer * inner * bytes_per_value;
     // Fewer channels than twice the threads would leave threads idle: the two-pass path splits
     // channels into blocks instead.
-    if (inner == 1 || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
+    if (bn_layout(inner) == BnLayout::kChannelsLast || slice_bytes > kBnFusedGroupBytes || (nthreads > 1 && channels < 2 * nthreads)) return g;
     const int64_t fit = (sweeps ? kBnFusedGroupBytes : kBnChannelwiseGroupBytes) / slice_bytes;
     const int64_t long_run = (kBnContiguousRunBytes + inner * bytes_per_value - 1) / (inner * bytes_per_value);
     const int64_t per_thread = (channels + nthreads - 1) / nthreads;

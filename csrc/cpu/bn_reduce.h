@@ -97,7 +97,7 @@ inline auto make_grad_sums(const X* dy, const X* x, const X* y, const double* me
     else return GradSums<X>{dy, x, mean};
 }
 
-// Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
+// Channels-first layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
 // into blocks of kBnBlock, and blocks into segments (the part of one row of `inner` values that
 // lies in the block). add(k, c, a, b) accumulates element k of channel c into lane sums a, b;
 // a segment's element j goes to lane j % kLanes (the tail, after the last full kLanes, to lane
@@ -236,7 +236,7 @@ bool reduce_strided(int64_t outer, int64_t channels, int64_t inner, int num_thre
     return true;
 }
 
-// Channels-last layouts (inner == 1): rows of `channels` values. Blocks of rows (and of channels,
+// Channels-last layouts: rows of `channels` values. Blocks of rows (and of channels,
 // when there are many) accumulate one sum per channel, added row by row; block sums are then
 // added in row-block order.
 template <class Add>
@@ -289,9 +289,9 @@ bool reduce_rows(int64_t rows, int64_t channels, int num_threads, double* total1
 }
 
 template <class Add>
-bool reduce(int64_t outer, int64_t channels, int64_t inner, int num_threads, double* total1, double* total2,
-            Add add) {
-    if (inner == 1) return reduce_rows(outer, channels, num_threads, total1, total2, add);
+bool reduce(BnLayout layout, int64_t outer, int64_t channels, int64_t inner, int num_threads, double* total1,
+            double* total2, Add add) {
+    if (layout == BnLayout::kChannelsLast) return reduce_rows(outer, channels, num_threads, total1, total2, add);
     return reduce_strided(outer, channels, inner, num_threads, total1, total2, add);
 }
 

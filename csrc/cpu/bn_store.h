@@ -113,16 +113,17 @@ inline bool use_streaming_stores(int64_t n) {
 }
 
 // Calls row(writer, k, len, c) for every run of elements [k, k + len) of the flat range that
-// belongs to one channel (axis 1) or one row starting at channel c (channels-last), in order;
-// `writer` writes `out` from element k on. Ranges are split over threads on aligned boundaries.
+// belongs to one channel (channels-first) or one row starting at channel c (channels-last), in
+// order; `writer` writes `out` from element k on. Ranges are split over threads on aligned boundaries.
 template <class X, class Row>
-void for_each_run(X* out, bool stream, int64_t outer, int64_t channels, int64_t inner, int num_threads, Row row) {
+void for_each_run(X* out, bool stream, BnLayout layout, int64_t outer, int64_t channels, int64_t inner,
+                  int num_threads, Row row) {
     const int64_t n = outer * channels * inner;
     parallel_ranges(n, num_threads, [&](int64_t lo, int64_t hi) {
         OutputWriter<X> writer(out, lo, stream);
         int64_t k = lo;
         while (k < hi) {
-            if (inner == 1) {
+            if (layout == BnLayout::kChannelsLast) {
                 const int64_t c = k % channels;
                 const int64_t end = min_i64(hi, k - c + channels);
                 row(writer, k, end - k, c);
