@@ -332,32 +332,37 @@ def test_rejects_bad_input_before_writing(backend):
     assert np.all(dx == 7)
 
 
-def test_mirrored_constants_match_the_kernels():
-    """The block sizes and cache thresholds that the Numba and CUDA launchers mirror by hand equal
-    the C++ and CUDA sources' (they fix the summation order: a drift would change the bits)."""
+def test_block_constants_are_written_once():
+    """BatchNorm's blocks and thresholds fix the summation order, so the backends must share them:
+    the C++ kernels include fastopt/math/bn_blocks.h and the Numba backend reads it. No other source
+    defines them, and the reader understands every definition in the header."""
+    import glob
     import os
     import re
 
-    from fastopt.cuda import batchnorm as cuda_bn
-    from fastopt.numba import batchnorm as numba_bn
+    from fastopt import _headers
+    from fastopt.numba import bn_constants
 
     root = os.path.join(os.path.dirname(__file__), os.pardir)
+    header = os.path.join(root, "csrc", "fastopt", "math", "bn_blocks.h")
+    with open(header) as f:
+        defined = re.findall(r"^constexpr \w+ (k\w+) =", f.read(), re.M)
+    values = _headers.constants(header)
+    assert sorted(values) == sorted(defined) and len(defined) >= 12
+    for path in glob.glob(os.path.join(root, "csrc", "**", "*.[ch]*"), recursive=True):
+        if os.path.samefile(path, header):
+            continue
+        with open(path) as f:
+            text = f.read()
+        for name in defined:
+            assert not re.search(rf"constexpr \w+ {name}\b", text), (path, name)
+    assert bn_constants.BN_BLOCK == values["kBnBlock"] and bn_constants.LANES == values["kLanes"]
+    assert _headers.constants(_headers.math_header("bn_blocks.h")) == values  # the shipped copy is current
 
-    def constants(*paths):
-        found = {}
-        for path in paths:
-            with open(os.path.join(root, path)) as f:
-                for name, expr in re.findall(r"^constexpr int(?:64_t)? (k\w+) = ([^;]+);", f.read(), re.M):
-                    found[name] = eval(re.sub(r"int64_t\((\d+)\)", r"\1", expr), {}, dict(found))
-        return found
 
-    cpp = constants("csrc/cpu/batchnorm.h", "csrc/cpu/bn_reduce.h")
-    mirrored = {"BN_BLOCK": "kBnBlock", "ROW_BLOCK_ELEMS": "kBnRowBlockElems", "CHANNEL_BLOCK": "kBnChannelBlock",
-                "LANES": "kLanes", "LINE_BYTES": "kLineBytes", "SHORT_ROW_BYTES": "kBnShortRowBytes",
-                "PREFETCH_BYTES": "kBnPrefetchBytes", "FUSED_GROUP_BYTES": "kBnFusedGroupBytes",
-                "CHANNELWISE_GROUP_BYTES": "kBnChannelwiseGroupBytes",
-                "CONTIGUOUS_RUN_BYTES": "kBnContiguousRunBytes", "SWEEP_MIN_INNER": "kBnGroupMinInner"}
-    for py_name, cpp_name in mirrored.items():
-        assert getattr(numba_bn, py_name) == cpp[cpp_name], py_name
-    cu = constants("python/fastopt/cuda/batchnorm.cu")
-    assert cuda_bn.THREADS == cu["kBnThreads"] and cuda_bn.ROW_THREADS == cu["kBnRowThreads"]
+def test_cuda_launch_sizes_are_read_from_the_kernels():
+    # Read from batchnorm.cu at import: whole warps, blocks CUDA can launch.
+    from fastopt.cuda import batchnorm as cuda_bn
+
+    assert cuda_bn.THREADS % 32 == 0 and 32 <= cuda_bn.THREADS <= 1024
+    assert 1 <= cuda_bn.ROW_THREADS and 32 * cuda_bn.ROW_THREADS <= 1024

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "fastopt/math/bn_blocks.h"
 #include "kernels.h"
 
 namespace fastopt::cpu {
@@ -54,33 +55,9 @@ struct BnBackwardCall {
 enum class BnLayout { kChannelsFirst, kChannelsLast };
 inline BnLayout bn_layout(int64_t inner) { return inner == 1 ? BnLayout::kChannelsLast : BnLayout::kChannelsFirst; }
 
-// A channel's elements are reduced in blocks of this many (axis=1 layouts); channels-last rows
-// in blocks of kBnRowBlockElems / channels rows. Fixed sizes, so sums do not depend on threads.
-// Row blocks are large so that their partial sums (one per channel per block) stay small: scratch
-// of a megabyte or more is mapped and unmapped by malloc on every call, and unmapping memory that
-// two threads touched costs a TLB shootdown (an interrupt to the other core; costly in a VM).
-constexpr int64_t kBnBlock = 16384;
-constexpr int64_t kBnRowBlockElems = 262144;
-constexpr int64_t kBnChannelBlock = 4096;
-// Axis-1 layouts whose channel slices fit this many bytes per thread (x, plus dy in the backward)
-// are reduced and written one group of channels at a time, the second read hitting L2 or the
-// core's share of L3; groups span at least kBnContiguousRunBytes per row where they can
-// (see fused_groups).
-constexpr int64_t kBnFusedGroupBytes = int64_t(4) << 20;
-// Groups whose channels are summed one at a time (short rows, half types: see sweeps_rows) are
-// read back from L2, where they fit this many bytes: from L3 the backward ran 10% slower.
-constexpr int64_t kBnChannelwiseGroupBytes = int64_t(1) << 20;
-constexpr int64_t kBnContiguousRunBytes = int64_t(64) << 10;
-constexpr int64_t kBnGroupMinInner = 1024;
-// Outputs (y, dx) of at least this many bytes are written with streaming stores: too big to be
-// read back from cache by the next layer, they would only cost a read of the old contents.
-constexpr int64_t kBnStreamingStoreBytes = int64_t(16) << 20;
-// Reductions over a channel's rows shorter than this (all inputs together) prefetch the row
-// about kBnPrefetchBytes ahead.
-constexpr int64_t kBnShortRowBytes = 4096;
-constexpr int64_t kBnPrefetchBytes = 5120;
+// The block sizes and thresholds: fastopt/math/bn_blocks.h.
 
-// Axis-1 layouts whose channel slices fit in cache run fused, one group of channels at a time per
+// Channels-first layouts whose channel slices fit in cache run fused, one group of channels at a time per
 // thread: reduce the group, then write its output while its slices are still cached (in L2 or
 // the core's share of L3), so memory sees one read of the inputs instead of two. The group is
 // wide enough that its rows form long contiguous runs, and small enough that its slices fit

@@ -28,11 +28,7 @@ struct Buffer {
     T& operator[](int64_t i) { return data[i]; }
 };
 
-// Axis-1 reductions keep kLanes independent float64 sums (enough independent additions to hide
-// their latency; fewer lanes ran 3-5x slower) and add them in a fixed tree at the end: the same
-// bits whatever vector width the compiler picks.
-constexpr int kLanes = 32;
-constexpr int64_t kLineBytes = 64;
+// kLanes, the lane count of the channels-first sums, and kLineBytes: fastopt/math/bn_blocks.h.
 
 inline double lane_total(double* lane) {
     for (int width = kLanes / 2; width >= 1; width /= 2)

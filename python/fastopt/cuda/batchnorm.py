@@ -1,13 +1,17 @@
 """CuPy launchers of the BatchNorm kernels in batchnorm.cu, with the signatures of the C++
 extension's entry points (csrc/bind_batchnorm.cpp)."""
+import os
+
 import numpy as np
 
+from .. import _headers
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64
 from ._loader import CupyDevice
 
 SOURCE = "batchnorm.cu"
-THREADS = 256  # kBnThreads
-ROW_THREADS = 8  # kBnRowThreads
+_LAUNCH = _headers.constants(os.path.join(os.path.dirname(os.path.abspath(__file__)), SOURCE))
+THREADS = _LAUNCH["kBnThreads"]  # the block sizes the kernels are written for
+ROW_THREADS = _LAUNCH["kBnRowThreads"]
 # (data type, statistics type) per dtype code, as the kernels name them.
 TYPES = {CODE_FLOAT32: ("float", "float"), CODE_FLOAT64: ("double", "double"),
          CODE_FLOAT16: ("fastopt::f16_t", "float"), CODE_BFLOAT16: ("fastopt::bf16_t", "float")}

@@ -1,36 +1,23 @@
-"""Numba BatchNorm kernels: the same blocks, summation order and per-element formulas as
-csrc/cpu/isa_batchnorm.cpp and csrc/fastopt/math/batchnorm.h, so results match the C++ backend
-bit for bit. Entry points have the signatures of the extension's (csrc/bind_batchnorm.cpp).
+"""Numba BatchNorm kernels: the same blocks, summation order and per-element formulas as the C++
+backend (csrc/cpu/isa_batchnorm.cpp, csrc/fastopt/math/batchnorm.h), so results match it bit for
+bit. Entry points have the signatures of the extension's (csrc/bind_batchnorm.cpp).
 
-As for the optimizer loops (optim.py), a kernel is compiled for each dtype code, layout (axis 1
-or channels-last) and direction, parallel or serial, these given to Numba as constants: no
-branch on them is left inside the loops, and LLVM vectorises them. One call runs a whole
-forward or backward: Python between its passes would cost more than the work on small inputs.
+As in C++, the forward and the backward are one driver (_make_kernel) over a pass: its reduction,
+its per-channel constants and its element-wise output. A kernel is compiled for each dtype code,
+layout (channels-first or channels-last), pass and its options, parallel or serial, these given to
+Numba as constants: no branch on them is left inside the loops, and LLVM vectorises them. One call
+runs a whole forward or backward: Python between its passes would cost more than the work on
+small inputs.
 """
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
-from llvmlite import ir
+from numba import njit, prange
 
+from .bn_constants import (CHANNELWISE_GROUP_BYTES, CHUNK_BYTES, CONTIGUOUS_RUN_BYTES, FUSED_GROUP_BYTES,
+                           SWEEP_MIN_INNER)
+from .bn_sums import channel_sums, make_sums
 from .math import storage as _storage, store, widen
 from .optim import runs_parallel
-
-# csrc/cpu/batchnorm.h: fixed block sizes, so that sums do not depend on the thread count.
-BN_BLOCK = 16384
-ROW_BLOCK_ELEMS = 262144
-CHANNEL_BLOCK = 4096
-LANES = 32  # csrc/cpu/bn_reduce.h kLanes
-LINE_BYTES = 64
-SHORT_ROW_BYTES = 4096  # kBnShortRowBytes
-PREFETCH_BYTES = 5120  # kBnPrefetchBytes
-# Axis-1 layouts: channel groups fused where their slices fit in cache (see _plan).
-FUSED_GROUP_BYTES = 4 << 20  # kBnFusedGroupBytes
-CHANNELWISE_GROUP_BYTES = 1 << 20  # kBnChannelwiseGroupBytes: read back from L2
-CONTIGUOUS_RUN_BYTES = 64 << 10  # kBnContiguousRunBytes
-SWEEP_MIN_INNER = 1024  # kBnGroupMinInner
-CHUNK_BYTES = 4 << 20  # of all inputs of a chunk of channels in two passes: read back from L3
 
 
 # ---- per-channel and per-element maths (csrc/fastopt/math/batchnorm.h) ---------------------------
@@ -75,205 +62,6 @@ def _bn_input_grad(dy, x, mean, dy_coef, x_coef, offset):
     return dy_coef * dy - x_coef * (x - mean) - offset
 
 
-# ---- lane sums ------------------------------------------------------------------------------------
-
-@intrinsic
-def _stack_float64(typingctx, count):
-    """A pointer to `count` (a constant) float64 on the stack."""
-    if not isinstance(count, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(types.float64), size=count.literal_value)
-
-    return types.CPointer(types.float64)(count), codegen
-
-
-@intrinsic
-def _prefetch(typingctx, a, index):
-    """Asks for the cache line holding a[index] (llvm.prefetch: read, keep in all levels)."""
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.bitcast(builder.gep(data, [args[1]]), cgutils.voidptr_t)
-        i32 = ir.IntType(32)
-        prefetch_type = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type, "llvm.prefetch.p0")
-        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.none(a, index), codegen
-
-
-@njit(inline="always")  # so that the stack space is the caller's
-def _stack_lanes():
-    """LANES sums on the stack: LLVM knows that no input aliases them and keeps them in registers
-    (in a heap array they were loaded and stored for every LANES values)."""
-    return numba.carray(_stack_float64(LANES), LANES)
-
-
-@njit(inline="always")
-def _lane_total(lane):
-    width = LANES // 2
-    while width >= 1:
-        for j in range(width):
-            lane[j] += lane[j + width]
-        width //= 2
-    return lane[0]
-
-
-# The hot loops index the flat arrays with np.uint64: NumPy's wraparound test of a signed index
-# (negative counts from the end) turned loads into gathers or kept LLVM from vectorising at all.
-
-@njit  # inlined by LLVM; inlined by Numba (inline="always"), it kept the backward sums scalar
-def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy, y, masked):
-    """Element k into the sums. Forward: shifted sums of x; backward: sum(dy) and
-    sum(dy * (x - mean)), with dy * (y > 0) for dy when masked (a ReLU's output y). Returns the
-    sums."""
-    v = np.float64(widen(x[np.uint64(k)], code)) - center
-    if with_dy:
-        g = np.float64(widen(dy[np.uint64(k)], code))
-        if masked and not widen(y[np.uint64(k)], code) > 0:
-            g = 0.0
-        return sum1 + g, sum2 + g * v
-    return sum1 + v, sum2 + v * v
-
-
-# Axis-1 layouts (inner > 1). Each channel's M = outer * inner elements, in (o, i) order, are cut
-# into blocks of BN_BLOCK, and blocks into segments (the part of one row of `inner` values that
-# lies in the block). A segment's element j goes to lane j % LANES (the tail, after the last full
-# LANES, to lane j - full). A block's two sums are its lanes' totals; a channel's sums are its
-# block sums added in block order.
-
-@njit(inline="always")
-def _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy, y, masked):
-    full = length // LANES * LANES
-    for k in range(base, base + full, LANES):
-        for j in range(LANES):
-            lane1[j], lane2[j] = _accumulate(x, dy, k + j, center, lane1[j], lane2[j], code, with_dy, y, masked)
-    for j in range(length - full):
-        lane1[j], lane2[j] = _accumulate(x, dy, base + full + j, center, lane1[j], lane2[j], code, with_dy, y, masked)
-
-
-@njit
-def _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy, y, masked):
-    """The two sums of block b of channel c."""
-    lane1 = _stack_lanes()
-    lane2 = _stack_lanes()
-    for j in range(LANES):
-        lane1[j] = lane2[j] = 0.0
-    m = b * BN_BLOCK
-    end = min(count, m + BN_BLOCK)
-    # A channel's rows are `channels * inner` values apart: rows too short for the hardware
-    # prefetchers to follow are fetched about PREFETCH_BYTES (of all inputs) ahead.
-    row_bytes = inner * x.itemsize * (3 if masked else 2 if with_dy else 1)
-    short_rows = row_bytes < SHORT_ROW_BYTES
-    rows_ahead = max(1, PREFETCH_BYTES // row_bytes)
-    outer = (count + inner - 1) // inner
-    while m < end:
-        o = m // inner
-        i = m - o * inner
-        length = min(end - m, inner - i)
-        base = (o * channels + c) * inner + i
-        if short_rows and o + rows_ahead < outer:
-            ahead = base + rows_ahead * channels * inner
-            for k in range(ahead, ahead + length, LINE_BYTES // x.itemsize):
-                _prefetch(x, k)
-                if with_dy:
-                    _prefetch(dy, k)
-                if masked:
-                    _prefetch(y, k)
-            _prefetch(x, ahead + length - 1)
-            if with_dy:
-                _prefetch(dy, ahead + length - 1)
-            if masked:
-                _prefetch(y, ahead + length - 1)
-        _segment_sums(x, dy, base, length, center, lane1, lane2, code, with_dy, y, masked)
-        m += length
-    return _lane_total(lane1), _lane_total(lane2)
-
-
-def _make_sums(code, channels_last, with_dy, masked):
-    """sums(x, dy, y, center, outer, channels, inner, c0, c1, total1, total2): the two sums (see
-    _accumulate) of channels [c0, c1), into total1[c] and total2[c]."""
-
-    def strided_sums(x, dy, y, center, outer, channels, inner, c0, c1, total1, total2):
-        count = outer * inner
-        num_blocks = (count + BN_BLOCK - 1) // BN_BLOCK
-        width = c1 - c0
-        part1 = np.empty(width * num_blocks, np.float64)
-        part2 = np.empty(width * num_blocks, np.float64)
-        for t in prange(width * num_blocks):
-            # Block-major: consecutive tasks read neighbouring rows, long streams for the prefetchers.
-            b = t // width
-            c = c0 + t - b * width
-            part1[(c - c0) * num_blocks + b], part2[(c - c0) * num_blocks + b] = _block_sums(
-                x, dy, center[c], channels, inner, count, c, b, code, with_dy, y, masked)
-        for c in range(c0, c1):
-            s1 = 0.0
-            s2 = 0.0
-            for b in range(num_blocks):
-                s1 += part1[(c - c0) * num_blocks + b]
-                s2 += part2[(c - c0) * num_blocks + b]
-            total1[c] = s1
-            total2[c] = s2
-
-    def row_sums(x, dy, y, center, rows, channels, inner, c0, c1, total1, total2):
-        # Channels-last layouts (inner == 1). Blocks of rows (and of channels) keep one sum per
-        # channel, added row by row; block sums are added in row-block order.
-        rows_per_block = max(1, ROW_BLOCK_ELEMS // channels)
-        row_blocks = (rows + rows_per_block - 1) // rows_per_block
-        channel_blocks = (c1 - c0 + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-        part1 = np.empty(row_blocks * channels, np.float64)
-        part2 = np.empty(row_blocks * channels, np.float64)
-        for t in prange(row_blocks * channel_blocks):
-            rb = t // channel_blocks
-            b0 = c0 + (t - rb * channel_blocks) * CHANNEL_BLOCK
-            b1 = min(c1, b0 + CHANNEL_BLOCK)
-            r0 = rb * rows_per_block
-            r1 = min(rows, r0 + rows_per_block)
-            for c in range(b0, b1):
-                q = np.uint64(rb * channels + c)
-                part1[q], part2[q] = 0.0, 0.0
-            # Four rows per visit of the sums: the same additions in the same order, with a
-            # quarter of their loads and stores.
-            for r in range(r0, r1 - 3, 4):
-                k = r * channels
-                for c in range(b0, b1):
-                    q = np.uint64(rb * channels + c)
-                    cen = center[np.uint64(c)]
-                    a, b = _accumulate(x, dy, k + c, cen, part1[q], part2[q], code, with_dy, y, masked)
-                    a, b = _accumulate(x, dy, k + channels + c, cen, a, b, code, with_dy, y, masked)
-                    a, b = _accumulate(x, dy, k + 2 * channels + c, cen, a, b, code, with_dy, y, masked)
-                    part1[q], part2[q] = _accumulate(x, dy, k + 3 * channels + c, cen, a, b, code, with_dy, y, masked)
-            for r in range(r1 - (r1 - r0) % 4, r1):
-                for c in range(b0, b1):
-                    q = np.uint64(rb * channels + c)
-                    part1[q], part2[q] = _accumulate(x, dy, r * channels + c, center[np.uint64(c)], part1[q],
-                                                     part2[q], code, with_dy, y, masked)
-        for c in range(c0, c1):
-            total1[c] = 0.0
-            total2[c] = 0.0
-        for rb in range(row_blocks):
-            for c in range(c0, c1):
-                total1[c] += part1[rb * channels + c]
-                total2[c] += part2[rb * channels + c]
-
-    return row_sums if channels_last else strided_sums
-
-
-@njit
-def _channel_sums(x, dy, center, channels, inner, count, c, code, with_dy, y, masked):
-    """One channel's sums on the calling thread: its block sums added in block order."""
-    s1 = 0.0
-    s2 = 0.0
-    for b in range((count + BN_BLOCK - 1) // BN_BLOCK):
-        p1, p2 = _block_sums(x, dy, center, channels, inner, count, c, b, code, with_dy, y, masked)
-        s1 += p1
-        s2 += p2
-    return s1, s2
-
-
 @njit
 def _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var, save_mean,
                        save_invstd):
@@ -307,7 +95,7 @@ def _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_
         dbias[c] = sum_dy[c]
 
 
-# Element loops over one run of a channel's values (axis-1 layouts).
+# The outputs: one element, or a run of one channel's values (channels-first layouts).
 
 @njit
 def _normalize_at(x, y, k, mean, scale, bias, code, z, res, relu):
@@ -346,10 +134,6 @@ def _input_grad_run(dy, x, dx, start, stop, mean, dy_coef, x_coef, offset, code,
                        zero)
 
 
-# Axis-1 layouts make their two passes (sums, then the write) a chunk of channels at a time, so
-# that the write reads the chunk back from cache; or, fused (groups > 0), each thread reduces and
-# writes whole groups of channels in turn, the second read from its own L2 (see _plan).
-
 @njit
 def _write_task(t, c0, c1, outer, groups):
     """Channels [g0, g1) and rows [o0, o1) of write task t over channels [c0, c1): fused, group t
@@ -361,108 +145,125 @@ def _write_task(t, c0, c1, outer, groups):
     return c, c + 1, o, o + 1
 
 
-def _make_forward(code, channels_last, sums, res, relu):
-    def forward(x, y, outer, channels, inner, weight, bias, running_mean, running_var, save_mean, save_invstd,
-                momentum, eps, training, groups, chunk, z):
-        """Absent weight, bias and running statistics come as empty arrays, z (the residual) as x
-        when not res. groups, chunk: see _plan."""
+# ---- the driver ---------------------------------------------------------------------------------
+# Channels-first layouts make their two passes (sums, then the write) a chunk of channels at a
+# time, so that the write reads the chunk back from cache; or, fused (groups > 0), each thread
+# reduces and writes whole groups of channels in turn, the second read from its own L2 (see _plan).
+# Channels-last layouts reduce all channels, then write row by row.
+
+def _make_kernel(channels_last, sums, code, with_dy, masked, p):
+    """kernel(arrays, k, outer, channels, inner, needs_sums, groups, chunk) for the pass p, whose
+    jitted functions take the pass's arrays (a tuple) and scalars k: p.start(arrays, k, channels,
+    inner, needs_sums) -> state, (center, sum1, sum2, ...) and the pass's own per-channel arrays;
+    p.reads(arrays) -> (x, dy, y), what the sums read; p.channel(c, count, arrays, k, state): the
+    constants of channel c from sum1[c], sum2[c]; p.element(i, c, arrays, state) and
+    p.run(start, stop, c, arrays, state): the output at element i, over [start, stop) of channel c."""
+    start, reads, channel, element, run = p
+
+    def kernel(arrays, k, outer, channels, inner, needs_sums, groups, chunk):
         count = outer * inner
+        state = start(arrays, k, channels, inner, needs_sums)
+        center, sum1, sum2 = state[0], state[1], state[2]
+        x, dy, y = reads(arrays)
+        fused = needs_sums and groups > 0
+        for c0 in range(0, channels, chunk):
+            c1 = min(channels, c0 + chunk)
+            if not fused:
+                if needs_sums:
+                    sums(x, dy, y, center, outer, channels, inner, c0, c1, sum1, sum2)
+                for c in range(c0, c1):
+                    channel(c, count, arrays, k, state)
+            if channels_last:
+                for r in prange(outer):
+                    for c in range(channels):
+                        element(np.uint64(r * channels + c), c, arrays, state)
+            else:
+                tasks = groups if fused else outer * (c1 - c0)
+                for t in prange(tasks):
+                    g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
+                    if fused:
+                        for c in range(g0, g1):
+                            sum1[c], sum2[c] = channel_sums(x, dy, center[c], channels, inner, count, c, code,
+                                                            with_dy, y, masked)
+                            channel(c, count, arrays, k, state)
+                    for o in range(o0, o1):
+                        for c in range(g0, g1):
+                            i = (o * channels + c) * inner
+                            run(i, i + inner, c, arrays, state)
+
+    return kernel
+
+
+# ---- the two passes -----------------------------------------------------------------------------
+
+def _forward_pass(code, res, relu):
+    """arrays: (x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, z); absent
+    weight, bias and running statistics are empty, z (the residual) is x when not res.
+    k: (momentum, eps, training)."""
+
+    def start(arrays, k, channels, inner, training):
+        x, running_mean, running_var, save_mean, save_invstd = arrays[0], arrays[4], arrays[5], arrays[6], arrays[7]
         shift = np.empty(channels, np.float64)
-        sum1 = np.empty(channels, np.float64)
-        sum2 = np.empty(channels, np.float64)
-        scale = np.empty_like(save_invstd)
-        shift_out = np.empty_like(save_invstd)
         if training:
             for c in range(channels):
                 shift[c] = np.float64(widen(x[c * inner], code))  # exact for every dtype
         else:
             for c in range(channels):
                 save_mean[c] = running_mean[c]
-                save_invstd[c] = _bn_invstd(np.float64(running_var[c]), eps)
-        fused = training and groups > 0
-        for c0 in range(0, channels, chunk):
-            c1 = min(channels, c0 + chunk)
-            if not fused:
-                if training:
-                    sums(x, x, x, shift, outer, channels, inner, c0, c1, sum1, sum2)
-                for c in range(c0, c1):
-                    if training:
-                        _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
-                                           save_mean, save_invstd)
-                    _normalize_constants(c, weight, bias, save_invstd, scale, shift_out)
-            if channels_last:
-                for r in prange(outer):
-                    for c in range(channels):
-                        k = np.uint64(r * channels + c)
-                        _normalize_at(x, y, k, save_mean[c], scale[c], shift_out[c], code, z, res, relu)
-            else:
-                tasks = groups if fused else outer * (c1 - c0)
-                for t in prange(tasks):
-                    g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
-                    if fused:
-                        for c in range(g0, g1):
-                            sum1[c], sum2[c] = _channel_sums(x, x, shift[c], channels, inner, count, c, code, False,
-                                                             x, False)
-                            _finalize_training(c, count, shift, sum1, sum2, momentum, eps, running_mean, running_var,
-                                               save_mean, save_invstd)
-                            _normalize_constants(c, weight, bias, save_invstd, scale, shift_out)
-                    for o in range(o0, o1):
-                        for c in range(g0, g1):
-                            k = (o * channels + c) * inner
-                            _normalize_run(x, y, k, k + inner, save_mean[c], scale[c], shift_out[c], code, z, res,
-                                           relu)
+                save_invstd[c] = _bn_invstd(np.float64(running_var[c]), k[1])
+        return (shift, np.empty(channels, np.float64), np.empty(channels, np.float64), np.empty_like(save_invstd),
+                np.empty_like(save_invstd))
 
-    return forward
+    def reads(arrays):
+        return arrays[0], arrays[0], arrays[0]
+
+    def channel(c, count, arrays, k, state):
+        if k[2]:
+            _finalize_training(c, count, state[0], state[1], state[2], k[0], k[1], arrays[4], arrays[5], arrays[6],
+                               arrays[7])
+        _normalize_constants(c, arrays[2], arrays[3], arrays[7], state[3], state[4])
+
+    def element(i, c, arrays, state):
+        _normalize_at(arrays[0], arrays[1], i, arrays[6][c], state[3][c], state[4][c], code, arrays[8], res, relu)
+
+    def run(start, stop, c, arrays, state):
+        _normalize_run(arrays[0], arrays[1], start, stop, arrays[6][c], state[3][c], state[4][c], code, arrays[8],
+                       res, relu)
+
+    return start, reads, channel, element, run
 
 
-def _make_backward(code, channels_last, sums, masked, with_dres):
-    def backward(dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias, training, groups,
-                 chunk, y, dres):
-        """An absent weight (and then dweight, dbias) comes as an empty array; y (a ReLU's output)
-        and dres as dy when not masked, not with_dres. groups, chunk: see _plan."""
-        count = outer * inner
-        zero = np.zeros_like(save_mean[:1])[0]
-        needs_sums = training or dweight.size != 0
+def _backward_pass(code, masked, with_dres):
+    """arrays: (dy, x, dx, weight, save_mean, save_invstd, dweight, dbias, y, dres); an absent
+    weight (and then dweight, dbias) is empty; y (a ReLU's output) and dres are dy when not masked,
+    not with_dres. k: (training,)."""
+
+    def start(arrays, k, channels, inner, needs_sums):
+        save_mean = arrays[4]
         mean_wide = np.empty(channels, np.float64)
         for c in range(channels):
             mean_wide[c] = save_mean[c]
-        sum_dy = np.empty(channels, np.float64)  # read only where computed (training or dweight)
-        sum_dy_xmu = np.empty(channels, np.float64)
-        dy_coef = np.empty_like(save_mean)  # dx's coefficients, in the compute type
-        x_coef = np.empty_like(save_mean)
-        offset = np.empty_like(save_mean)
-        fused = needs_sums and groups > 0
-        for c0 in range(0, channels, chunk):
-            c1 = min(channels, c0 + chunk)
-            if not fused:
-                if needs_sums:
-                    sums(x, dy, y, mean_wide, outer, channels, inner, c0, c1, sum_dy, sum_dy_xmu)
-                for c in range(c0, c1):
-                    _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef, offset,
-                                dweight, dbias)
-            if channels_last:
-                for r in prange(outer):
-                    for c in range(channels):
-                        k = np.uint64(r * channels + c)
-                        _input_grad_at(dy, x, dx, k, save_mean[c], dy_coef[c], x_coef[c], offset[c], code, y,
-                                       masked, dres, with_dres, zero)
-            else:
-                tasks = groups if fused else outer * (c1 - c0)
-                for t in prange(tasks):
-                    g0, g1, o0, o1 = _write_task(t, c0, c1, outer, groups if fused else 0)
-                    if fused:
-                        for c in range(g0, g1):
-                            sum_dy[c], sum_dy_xmu[c] = _channel_sums(x, dy, mean_wide[c], channels, inner, count, c,
-                                                                     code, True, y, masked)
-                            _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_coef, x_coef,
-                                        offset, dweight, dbias)
-                    for o in range(o0, o1):
-                        for c in range(g0, g1):
-                            k = (o * channels + c) * inner
-                            _input_grad_run(dy, x, dx, k, k + inner, save_mean[c], dy_coef[c], x_coef[c], offset[c],
-                                            code, y, masked, dres, with_dres, zero)
+        # sum(dy), sum(dy * (x - mean)): read only where computed (training or dweight); dx's
+        # coefficients in the compute type; zero: 0 in the compute type.
+        return (mean_wide, np.empty(channels, np.float64), np.empty(channels, np.float64), np.empty_like(save_mean),
+                np.empty_like(save_mean), np.empty_like(save_mean), np.zeros_like(save_mean[:1])[0])
 
-    return backward
+    def reads(arrays):
+        return arrays[1], arrays[0], arrays[8]
+
+    def channel(c, count, arrays, k, state):
+        _grad_coefs(c, count, k[0], arrays[3], arrays[5], state[1], state[2], state[3], state[4], state[5],
+                    arrays[6], arrays[7])
+
+    def element(i, c, arrays, state):
+        _input_grad_at(arrays[0], arrays[1], arrays[2], i, arrays[4][c], state[3][c], state[4][c], state[5][c], code,
+                       arrays[8], masked, arrays[9], with_dres, state[6])
+
+    def run(start, stop, c, arrays, state):
+        _input_grad_run(arrays[0], arrays[1], arrays[2], start, stop, arrays[4][c], state[3][c], state[4][c],
+                        state[5][c], code, arrays[8], masked, arrays[9], with_dres, state[6])
+
+    return start, reads, channel, element, run
 
 
 _KERNELS = {}
@@ -475,9 +276,11 @@ def _kernel(backward, code, channels_last, parallel, options=(False, False)):
     kernel = _KERNELS.get(key)
     if kernel is None:
         jit = njit(parallel=parallel, error_model="numpy")
-        sums = jit(_make_sums(code, channels_last, backward, backward and options[0]))
-        make = _make_backward if backward else _make_forward
-        kernel = _KERNELS[key] = jit(make(code, channels_last, sums, *options))
+        masked = backward and options[0]
+        sums = jit(make_sums(code, channels_last, backward, masked))
+        make_pass = _backward_pass if backward else _forward_pass
+        functions = tuple(njit(f) for f in make_pass(code, *options))
+        kernel = _KERNELS[key] = jit(_make_kernel(channels_last, sums, code, backward, masked, functions))
     return kernel
 
 
@@ -517,9 +320,10 @@ def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running
     kernel = _kernel(False, code, inner == 1, parallel, (residual is not None, bool(relu)))
     empty = _EMPTY[save_mean.dtype]
     groups, chunk = _plan(outer, channels, inner, x.itemsize, 1, parallel, training)
-    kernel(_storage(x, code), _storage(y, code), outer, channels, inner, _or(weight, empty), _or(bias, empty),
-           _or(running_mean, empty), _or(running_var, empty), save_mean, save_invstd, float(momentum), float(eps),
-           bool(training), groups, chunk, _storage(x if residual is None else residual, code))
+    arrays = (_storage(x, code), _storage(y, code), _or(weight, empty), _or(bias, empty), _or(running_mean, empty),
+              _or(running_var, empty), save_mean, save_invstd, _storage(x if residual is None else residual, code))
+    kernel(arrays, (float(momentum), float(eps), bool(training)), outer, channels, inner, bool(training), groups,
+           chunk)
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
@@ -528,7 +332,9 @@ def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_me
     kernel = _kernel(True, code, inner == 1, parallel, (y is not None, dresidual is not None))
     empty = _EMPTY[save_mean.dtype]
     inputs = 2 if y is None else 3  # as the C++ plan: y is read in both passes
-    groups, chunk = _plan(outer, channels, inner, x.itemsize, inputs, parallel, training or dweight is not None)
-    kernel(_storage(dy, code), _storage(x, code), _storage(dx, code), outer, channels, inner, _or(weight, empty),
-           save_mean, save_invstd, _or(dweight, empty), _or(dbias, empty), bool(training), groups, chunk,
-           _storage(dy if y is None else y, code), _storage(dx if dresidual is None else dresidual, code))
+    needs_sums = bool(training) or dweight is not None
+    groups, chunk = _plan(outer, channels, inner, x.itemsize, inputs, parallel, needs_sums)
+    arrays = (_storage(dy, code), _storage(x, code), _storage(dx, code), _or(weight, empty), save_mean, save_invstd,
+              _or(dweight, empty), _or(dbias, empty), _storage(dy if y is None else y, code),
+              _storage(dx if dresidual is None else dresidual, code))
+    kernel(arrays, (bool(training),), outer, channels, inner, needs_sums, groups, chunk)
