@@ -408,3 +408,4 @@ CLASSES = (SGDScheduleFree, AdamWScheduleFree)
 FUNCTIONS = (sgd_schedule_free, adamw_schedule_free, schedule_free_eval, schedule_free_train)
 NUMPY_BASELINES = {"SGDScheduleFree": NumpySGDScheduleFree, "AdamWScheduleFree": NumpyAdamWScheduleFree}
 BENCH = (("SGDScheduleFree", (("lr", 1.0),)), ("AdamWScheduleFree", (("lr", 0.0025),)))
+TORCH_REFERENCES = {name: f"schedulefree.{name}" for name in NUMPY_BASELINES}  # timed as torch-foreach
