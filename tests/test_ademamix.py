@@ -87,3 +87,60 @@ def test_functional_checks_change_nothing(kwargs, match):
     with pytest.raises(ValueError, match=match):
         F.ademamix(p, np.ones(5, np.float32), m1, v, m2, step=1, **kwargs)
     assert all(np.all(a == 1) for a in (p, m1, v, m2))
+
+
+def test_grad_scale_clipping_and_skipping_match_the_reference(backend):
+    from reference import Reference
+    start, grads = random_arrays(1031, np.float64, 6, 30)
+    p = start.copy()
+    kwargs = dict(lr=0.01, weight_decay=0.05, t_alpha=10, t_beta3=20)
+    opt = fastopt.AdEMAMix(p, backend=backend, **kwargs)
+    ref = Reference("ademamix", start, **kwargs)
+    for i, g in enumerate(grads):
+        opt.step(g * 4.0, grad_scale=4.0, max_grad_norm=20.0)
+        ref.step(g * 4.0, grad_scale=4.0, clip=20.0)
+        if i == 7:
+            before = p.copy()
+            opt.step(np.full_like(g, np.nan), skip_nonfinite=True)
+            assert opt.last_step_skipped and opt.state["step"] == 8
+            np.testing.assert_array_equal(p, before)
+    assert float(np.max(np.abs(p - ref.p))) <= RTOL64 * float(np.max(np.abs(ref.p - start)))
+
+
+def test_groups_match_pytorch_optimizer():
+    torch = pytest.importorskip("torch")
+    po = pytest.importorskip("pytorch_optimizer")
+    rng = np.random.default_rng(4)
+    shapes = [(7,), (3, 5), (1,)]
+    start = [rng.standard_normal(s) for s in shapes]
+    ours = [a.copy() for a in start]
+    theirs = [torch.tensor(a.copy()) for a in start]
+    groups = [dict(lr=0.02, weight_decay=0.1), dict(lr=0.01, weight_decay=0.0, alpha=2.0, t_alpha_beta3=8)]
+    opt = fastopt.AdEMAMix([dict(params=ours[:2], **groups[0]), dict(params=ours[2:], **groups[1])])
+    ref = po.AdEMAMix([dict(params=theirs[:2], **groups[0]), dict(params=theirs[2:], **groups[1])],
+                      weight_decouple=True, foreach=False)
+    for _ in range(15):
+        gs = [rng.standard_normal(s) for s in shapes]
+        for t, g in zip(theirs, gs):
+            t.grad = torch.tensor(g.copy())
+        opt.step(gs)
+        ref.step()
+    for a, t in zip(ours, theirs):
+        np.testing.assert_allclose(a, t.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_state_dict_round_trip_continues_bit_for_bit():
+    import copy
+    start, grads = random_arrays(1031, np.float32, 8, 30)
+    whole = fastopt.AdEMAMix(start.copy(), lr=0.01, t_alpha=20, t_beta3=20)
+    first = fastopt.AdEMAMix(start.copy(), lr=0.01, t_alpha=20, t_beta3=20)
+    for g in grads[:10]:
+        whole.step(g)
+        first.step(g)
+    resumed = fastopt.AdEMAMix(first.param.copy(), lr=0.01, t_alpha=20, t_beta3=20)
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    for g in grads[10:]:
+        whole.step(g)
+        resumed.step(g)
+    np.testing.assert_array_equal(resumed.param, whole.param)
+    np.testing.assert_array_equal(resumed.state["exp_avg_slow"], whole.state["exp_avg_slow"])

@@ -269,6 +269,27 @@ def test_state_dict_round_trip_continues_bit_for_bit(name):
     np.testing.assert_allclose(resumed.param, whole.param, rtol=1e-5, atol=1e-6)
 
 
+def test_the_packages_checkpoint_loads_and_continues():
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    start, grads = random_arrays(1031, np.float64, 12, 30)
+    t = torch.tensor(start.copy())
+    theirs = schedulefree.AdamWScheduleFree([t], lr=0.02, warmup_steps=5, foreach=False)
+    theirs.train()
+    for g in grads[:12]:
+        t.grad = torch.tensor(g.copy())
+        theirs.step()
+    ours = fastopt.AdamWScheduleFree(t.numpy().copy(), lr=0.02, warmup_steps=5)
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.param_groups[0]["k"] == 12
+    for g in grads[12:]:
+        t.grad = torch.tensor(g.copy())
+        theirs.step()
+        ours.step(g)
+    travelled = _distance(t.numpy(), start)
+    assert _distance(ours.param, t.numpy()) <= RTOL64 * travelled
+
+
 @pytest.mark.parametrize("key, value, match", [("k", -1, "k"), ("k", 1.5, "k"), ("weight_sum", -1.0, "weight_sum"),
                                                ("lr_max", float("nan"), "lr_max")])
 def test_bad_group_schedule_state_is_refused(key, value, match):

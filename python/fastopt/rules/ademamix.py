@@ -113,6 +113,15 @@ class AdEMAMix(b.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, alpha=alpha, t_alpha=t_alpha, t_beta3=t_beta3, eps=eps,
                                       weight_decay=weight_decay, maximize=maximize), **options)
 
+    def add_param_group(self, param_group):
+        """A group may give t_alpha_beta3 too: it becomes the group's t_alpha and t_beta3."""
+        if isinstance(param_group, dict) and "t_alpha_beta3" in param_group:
+            param_group = dict(param_group)
+            both = warmup_length("t_alpha_beta3", param_group.pop("t_alpha_beta3"))
+            t_alpha, t_beta3 = _resolve_t(param_group.get("t_alpha"), param_group.get("t_beta3"), both)
+            param_group.update(t_alpha=t_alpha, t_beta3=t_beta3)
+        super().add_param_group(param_group)
+
     def _check_combination(self, h):
         beta1, _, beta3 = h["betas"]
         _check_warmups(beta1, beta3, h["t_beta3"])

@@ -205,6 +205,8 @@ class _ScheduleFree(b.Optimizer):
 
     _state_array_names = STATES
     _variant = None
+    _rule_needs_step = False  # the package keeps no per-parameter step: its k is the group's
+    _optional = frozenset(b.TORCH_NOOPS + ("maximize",))  # fastopt's addition: the package's checkpoints lack it
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
