@@ -337,3 +337,24 @@ def test_functional_checks():
         F.schedule_free_train(p, z, beta1=0.0)
     r = F.sgd_schedule_free(p, np.full(4, np.nan, np.float32), z, state, step=1, skip_nonfinite=True)
     assert r.skipped and list(state) == [-1.0, 0.0] and np.all(p == 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_count_does_not_change_bits(backend, threads):
+    """Steps and moves are element-wise: the same bits for any thread count (the parallel path
+    needs sizes above the parallel threshold)."""
+    before = fastopt.get_num_threads()
+    results = []
+    try:
+        for count in (1, threads):
+            fastopt.set_num_threads(count)
+            start, grads = random_arrays(300007, np.float32, 13, 3)
+            opt = fastopt.AdamWScheduleFree(start, lr=0.02, backend=backend)
+            for g in grads:
+                opt.step(g)
+            opt.eval()
+            results.append((start.copy(), opt.state["z"].copy()))
+    finally:
+        fastopt.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
