@@ -120,7 +120,7 @@ ROWS = {
         cases=[dict(lr=0.02), dict(lr=0.02, weight_decay=0.1, warmup_steps=20),
                dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, r=0.5, weight_lr_power=0.0, maximize=True)],
         half=dict(lr=0.02, warmup_steps=5, weight_decay=0.1),
-        bad=[(dict(betas=(0.0, 0.999)), "betas"), (dict(eps=0), "eps"), (dict(lr=-1), "lr")],
+        bad=[(dict(betas=(0.0, 0.999)), "betas"), (dict(eps=-1e-8), "eps"), (dict(lr=-1), "lr")],
         # No "sample": z - y is inf - inf for an infinite parameter, so it cannot stay infinite.
         torch=False,
         bench_bytes=({}, 28),  # read p g z v, write p z v
@@ -132,7 +132,7 @@ ROWS = {
                dict(lr=0.01, betas=(0.8, 0.99, 0.999), t_alpha_beta3=25, weight_decay=0.0, maximize=True)],
         half=dict(lr=0.01, t_alpha=20, t_beta3=20, weight_decay=1e-2),
         bad=[(dict(betas=(0.9, 0.999)), "betas"), (dict(betas=(0.9, 0.999, 1.0)), "betas"),
-             (dict(alpha=-1), "alpha"), (dict(t_alpha=0), "t_alpha"),
+             (dict(alpha=-1), "alpha"), (dict(t_alpha=0), "t_alpha"), (dict(eps=-1.0), "eps"),
              (dict(t_alpha=10, t_alpha_beta3=20), "t_alpha_beta3"),
              (dict(betas=(0.0, 0.999, 0.9999), t_beta3=10), "beta1")],
         sample=dict(lr=0.01),
