@@ -1,6 +1,7 @@
 """Train a small MLP with BatchNorm on scikit-learn's bundled 8x8 digits with fastopt.
 
     python examples/train_digits.py --optimizer adamw --epochs 30 --plot loss.png
+    python examples/train_digits.py --optimizer adamw-schedulefree   # no learning-rate schedule
     mpiexec -n 2 python -m mpi4py examples/train_digits.py --distributed   # data-parallel
 
 The model is Linear(64, 128) -> BatchNorm -> ReLU -> Linear(128, 10) -> softmax cross-entropy,
@@ -32,7 +33,12 @@ OPTIMIZERS = {
     "nadam": (fastopt.NAdam, dict(lr=3e-3)),
     "radam": (fastopt.RAdam, dict(lr=2e-2)),
     "lion": (fastopt.Lion, dict(lr=2e-3, weight_decay=1e-2)),
+    "ademamix": (fastopt.AdEMAMix, dict(lr=3e-3, weight_decay=1e-2)),
+    # Schedule-Free: no schedule (warmup_steps is its warm-up); evaluated at x, in eval mode.
+    "adamw-schedulefree": (fastopt.AdamWScheduleFree, dict(lr=5e-3, warmup_steps=50, weight_decay=1e-3)),
+    "sgd-schedulefree": (fastopt.SGDScheduleFree, dict(lr=0.5, warmup_steps=50)),
 }
+SCHEDULE_FREE = (fastopt.SGDScheduleFree, fastopt.AdamWScheduleFree)
 
 
 def load_digits_split(seed):
@@ -118,13 +124,16 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     model = MLP(hidden, rng, comm)
     cls, hyper = OPTIMIZERS[optimizer]
+    schedule_free = cls in SCHEDULE_FREE
     if comm is None:
         opt = cls(model.params.data, **hyper)
+    elif schedule_free:
+        raise SystemExit(f"--optimizer {optimizer} needs train() / eval(), which ShardedOptimizer does not forward")
     else:
         from fastopt.distributed import ShardedOptimizer
         opt = ShardedOptimizer(cls, model.params.data, comm, average=False, deterministic=True, **hyper)
     rank, ranks = (0, 1) if comm is None else (comm.rank, comm.size)
-    schedule = fastopt.schedules.Scheduler(
+    schedule = None if schedule_free else fastopt.schedules.Scheduler(
         opt, lambda t, lr0=hyper["lr"], total=epochs * (len(y_train) // batch_size):
         fastopt.schedules.cosine(t, lr0, total, lr0 * 0.05))
     losses = []
@@ -138,11 +147,18 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
             loss, dlogits = softmax_cross_entropy(logits, y_train[idx], total=batch_size)
             model.backward(dlogits, cache)
             opt.step(model.params.grad, max_grad_norm=max_grad_norm)
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             epoch_loss.append(loss if comm is None else comm.allreduce(loss))
         losses.append(float(np.mean(epoch_loss)))
         if verbose and rank == 0:
             print(f"epoch {epoch + 1:3d}  loss {losses[-1]:.4f}")
+    if schedule_free:
+        # Evaluate at x. BatchNorm's running statistics were gathered at y: recompute them at x
+        # with training-mode passes over some training batches (the schedulefree package's advice).
+        opt.eval()
+        for start in range(0, min(len(y_train), 50 * batch_size) - batch_size + 1, batch_size):
+            model.forward(x_train[start:start + batch_size], training=True)
     logits, _ = model.forward(x_test, training=False)
     accuracy = float((logits.argmax(axis=1) == y_test).mean())
     return accuracy, losses

@@ -10,6 +10,10 @@ import math
 import numpy as np
 
 
+# Rules whose weight decay is their own (at y, after the normalisation), not the shared prologue's.
+OWN_DECAY = ("sgdschedulefree", "adamwschedulefree")
+
+
 class Reference:
     def __init__(self, name, param, round_state=None, **hyper):
         self.name = name
@@ -40,8 +44,8 @@ class Reference:
             if norm > clip:
                 g = g * (clip / (norm + 1e-6))
         wd = h.get("weight_decay", 0.0)
-        decoupled = self.name == "lion" or h.get("decoupled_weight_decay", False)
-        if wd != 0:
+        decoupled = self.name in ("lion", "ademamix") or h.get("decoupled_weight_decay", False)
+        if wd != 0 and self.name not in OWN_DECAY:
             if decoupled:
                 p *= 1 - h["lr"] * wd
             else:
@@ -161,3 +165,50 @@ class Reference:
         c = b1 * m + (1 - b1) * g
         p -= h["lr"] * np.sign(c)
         m[...] = b2 * m + (1 - b2) * g
+
+    def _ademamix(self, p, g, t, h):
+        b1, b2, b3 = h.get("betas", (0.9, 0.999, 0.9999))
+        both = h.get("t_alpha_beta3")  # one length for both warm-ups
+        alpha, t_alpha, t_beta3 = h.get("alpha", 5.0), h.get("t_alpha", both), h.get("t_beta3", both)
+        if t_alpha is not None:
+            alpha = min(t * alpha / t_alpha, alpha)
+        if t_beta3 is not None:  # linear in the half-life 1 / log(beta), from beta1 to beta3
+            s = t / t_beta3
+            b3 = min(math.exp(math.log(b1) * math.log(b3) / ((1 - s) * math.log(b3) + s * math.log(b1))), b3)
+        m1, v, m2 = self.zeros("exp_avg"), self.zeros("exp_avg_sq"), self.zeros("exp_avg_slow")
+        m1[...] = b1 * m1 + (1 - b1) * g
+        m2[...] = b3 * m2 + (1 - b3) * g
+        v[...] = b2 * v + (1 - b2) * g * g
+        denom = np.sqrt(v) / math.sqrt(1 - b2**t) + h.get("eps", 1e-8)
+        p -= h.get("lr", 1e-3) * (m1 / (1 - b1**t) + alpha * m2) / denom
+
+    def _schedule_free(self, p, g, t, h, beta1, direction):
+        k = t - 1
+        if t == 1:
+            self.lr_max, self.weight_sum = -1.0, 0.0
+            self.s["z"] = p.copy()
+            if self.round_state is not None:
+                self.s["z"] = self.round_state(self.s["z"])
+        warmup = h.get("warmup_steps", 0)
+        lr = h["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+        self.lr_max = max(self.lr_max, lr)
+        w = (k + 1) ** h.get("r", 0.0) * self.lr_max ** h.get("weight_lr_power", 2.0)
+        self.weight_sum += w
+        c = w / self.weight_sum if self.weight_sum else 0.0
+        z = self.s["z"]
+        u = direction + h.get("weight_decay", 0.0) * p
+        p[...] = p + c * (z - p) + lr * (beta1 * (1 - c) - 1) * u
+        z -= lr * u
+
+    def _sgdschedulefree(self, p, g, t, h):
+        self._schedule_free(p, g, t, h, h.get("momentum", 0.9), g)
+
+    def _adamwschedulefree(self, p, g, t, h):
+        b1, b2 = h.get("betas", (0.9, 0.999))
+        v = self.zeros("exp_avg_sq")
+        v[...] = b2 * v + (1 - b2) * g * g
+        self._schedule_free(p, g, t, h, b1, g / (np.sqrt(v / (1 - b2**t)) + h.get("eps", 1e-8)))
+
+    def to_x(self, beta1):
+        """Schedule-Free's eval(): y -> x = y + (1 - 1/beta1) (z - y)."""
+        return self.p + (1 - 1 / beta1) * (self.s["z"] - self.p)

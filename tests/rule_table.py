@@ -104,6 +104,42 @@ ROWS = {
         mpi=dict(lr=1e-3, weight_decay=0.1),
         mpi_checkpoint=("lion_bf16_sr", dict(lr=1e-3, stochastic_rounding=True, seed=3)),
     ),
+    # The Schedule-Free rules' weight decay is their own (at y): the reference knows it (OWN_DECAY).
+    "SGDScheduleFree": dict(
+        cases=[dict(lr=0.5), dict(lr=0.5, momentum=0.8, weight_decay=0.05, warmup_steps=10),
+               dict(lr=0.5, r=1.0, weight_lr_power=1.0, warmup_steps=7, maximize=True)],
+        half=dict(lr=0.5, warmup_steps=5, weight_decay=0.01),
+        bad=[(dict(momentum=0.0), "momentum"), (dict(momentum=1.0), "momentum"),
+             (dict(warmup_steps=-1), "warmup_steps"), (dict(warmup_steps=2.5), "warmup_steps"),
+             (dict(weight_lr_power=-1), "weight_lr_power"), (dict(r=float("inf")), "r")],
+        torch=False,  # torch.optim has no such class: tests/test_schedule_free.py runs the package
+        bench_bytes=({}, 20),  # read p g z, write p z
+        foreign_checkpoint="SGD",
+    ),
+    "AdamWScheduleFree": dict(
+        cases=[dict(lr=0.02), dict(lr=0.02, weight_decay=0.1, warmup_steps=20),
+               dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, r=0.5, weight_lr_power=0.0, maximize=True)],
+        half=dict(lr=0.02, warmup_steps=5, weight_decay=0.1),
+        bad=[(dict(betas=(0.0, 0.999)), "betas"), (dict(eps=-1e-8), "eps"), (dict(lr=-1), "lr")],
+        # No "sample": z - y is inf - inf for an infinite parameter, so it cannot stay infinite.
+        torch=False,
+        bench_bytes=({}, 28),  # read p g z v, write p z v
+        foreign_checkpoint="AdamW",
+    ),
+    "AdEMAMix": dict(
+        # weight_decay given in every case: the reference's default is 0, the class's 1e-2.
+        cases=[dict(lr=0.01, weight_decay=1e-2), dict(lr=0.01, weight_decay=0.1, alpha=2.0, t_alpha=30, t_beta3=40),
+               dict(lr=0.01, betas=(0.8, 0.99, 0.999), t_alpha_beta3=25, weight_decay=0.0, maximize=True)],
+        half=dict(lr=0.01, t_alpha=20, t_beta3=20, weight_decay=1e-2),
+        bad=[(dict(betas=(0.9, 0.999)), "betas"), (dict(betas=(0.9, 0.999, 1.0)), "betas"),
+             (dict(alpha=-1), "alpha"), (dict(t_alpha=0), "t_alpha"), (dict(eps=-1.0), "eps"),
+             (dict(t_alpha=10, t_alpha_beta3=20), "t_alpha_beta3"),
+             (dict(betas=(0.0, 0.999, 0.9999), t_beta3=10), "beta1")],
+        sample=dict(lr=0.01),
+        torch=False,  # tests/test_ademamix.py runs pytorch_optimizer's
+        bench_bytes=({}, 36),  # read p g m1 v m2, write p m1 v m2
+        foreign_checkpoint="Adam",
+    ),
 }
 
 

@@ -73,9 +73,17 @@ def _run_both(cls, kwargs, param, grads, offset, **options):
         opt = cls(p, backend=backend, **kwargs, **options)
         for g in grads:
             opt.step(_placed(g, offset))
-        opts.append((p, opt))
-    (p_cpu, cpu), (p_gpu, gpu) = opts
+        if hasattr(type(opt), "eval"):  # Schedule-Free: the train <-> eval moves, y -> x -> y
+            opt.eval()
+            x = p.copy()
+            opt.train()
+            opts.append((p, opt, x))
+        else:
+            opts.append((p, opt, None))
+    (p_cpu, cpu, x_cpu), (p_gpu, gpu, x_gpu) = opts
     np.testing.assert_array_equal(_bits(p_gpu), _bits(p_cpu))
+    if x_cpu is not None:
+        np.testing.assert_array_equal(_bits(x_gpu), _bits(x_cpu))
     _assert_same_state(cpu.state, gpu.state)
 
 
@@ -116,7 +124,7 @@ def test_every_optimizer_kernel_matches_cpu_bitwise(device, combo):
     stateless = cuda.step_kernel_name(0, 0, *codes, stochastic)
     if stateless not in {name for name, _, _ in device.launched}:
         _stateless_sgd_entry_point(device, codes, stochastic)
-    expected = {cuda.step_kernel_name(rule, v, *codes, stochastic)
+    expected = {cuda.step_kernel_name(rule, v, *cuda.launched_codes(rule, v, codes), stochastic)
                 for rule, variants in enumerate(_scalars.NUM_VARIANTS) for v in range(variants)}
     launched = {name for name, _, _ in device.launched}
     assert expected <= launched

@@ -18,8 +18,11 @@ def prologue(lr, weight_decay, decoupled, maximize, grad_scale):
     `grad_scale` already multiplies 1/loss_scale and the clip factor; maximize flips its sign,
     which is exact. The kernels add weight_decay * p to the gradient when weight_decay is nonzero,
     so decoupled decay passes 0 there and becomes the factor 1 - lr * weight_decay on p.
+    decoupled=None: the rule applies weight_decay itself (Schedule-Free), so the prologue's is off.
     """
     scale = -grad_scale if maximize else grad_scale
+    if decoupled is None:
+        return scale, 0.0, 1.0
     if decoupled:
         return scale, 0.0, 1.0 - lr * weight_decay
     return scale, weight_decay, 1.0

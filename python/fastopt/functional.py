@@ -18,7 +18,10 @@ these keywords (fastopt.rules._base.STEP_KEYWORDS) besides the rule's own hyper-
 - ``backend``: 'cpu', 'numba' or 'cuda' (default: by array type, see fastopt.backends()).
 
 Every function returns ``StepResult(grad_norm, skipped)``: the unscaled gradient norm when one
-was computed (clipping or skip_nonfinite), else None, and whether the step was skipped.
+was computed (clipping or skip_nonfinite), else None, and whether the step was skipped. The
+Schedule-Free moves ``schedule_free_eval`` / ``schedule_free_train`` are not steps: they take
+``master_weights``, ``param_dtype``, ``state_dtype``, ``rounding_seed`` and ``backend`` only, and
+return None.
 """
 from .rules import functions as _functions
 from .rules._base import StepResult

@@ -14,6 +14,16 @@ template <class T> struct Prologue {
     uint32_t rounding_seed;  // this step's seed for stochastic rounding
 };
 
+// Whether variant V of Rule reads the gradient: true unless the rule declares
+// `reads_grad(int)` (Schedule-Free's train/eval move, which only reads p and z). A variant that
+// does not is given some valid pointer in the gradient slot, which is never dereferenced.
+template <class Rule, class = void> struct RuleReadsGrad {
+    FASTOPT_HD static constexpr bool at(int) { return true; }
+};
+template <class Rule> struct RuleReadsGrad<Rule, decltype(void(Rule::reads_grad(0)))> {
+    FASTOPT_HD static constexpr bool at(int v) { return Rule::reads_grad(v); }
+};
+
 template <class P> struct is_half { static constexpr bool value = false; };
 template <> struct is_half<f16_t> { static constexpr bool value = true; };
 template <> struct is_half<bf16_t> { static constexpr bool value = true; };
@@ -39,7 +49,8 @@ FASTOPT_HD void step_element(int64_t i, P* __restrict__ param, const G* __restri
     if constexpr (num_states > 2) c = load_as<C>(s2[i]);
 
     p = p * pro.decay_factor;
-    C g = prologue_grad(load_as<C>(grad[i]), p, pro.grad_scale, pro.weight_decay);
+    C g = C(0);
+    if constexpr (RuleReadsGrad<Rule>::at(V)) g = prologue_grad(load_as<C>(grad[i]), p, pro.grad_scale, pro.weight_decay);
     Rule::template update<V>(p, g, a, b, c, k);
 
     if constexpr (has_master) master[i] = float(p);

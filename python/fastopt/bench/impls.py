@@ -197,22 +197,38 @@ class TorchOptimizer:
     def __init__(self, spec, data, mode, max_grad_norm=None, device="cpu"):
         torch = _torch_on(device)
         cls = getattr(torch.optim, spec.name, None)
+        self.reference = None if cls is None else f"torch.optim.{spec.name}"
         if cls is None:
-            raise Skipped(f"torch.optim has no {spec.name}")
+            found = references.torch_reference_class(spec.name)
+            if found is None:
+                raise Skipped(f"torch.optim has no {spec.name}" + (
+                    f" ({references.TORCH_REFERENCES[spec.name]} is not installed)"
+                    if spec.name in references.TORCH_REFERENCES else ""))
+            cls, self.reference = found
         self.label = f"torch-{mode}"
         self.torch = torch
         self.params = []
+        # schedulefree's AdamW divides p.grad in place: such a reference gets its own gradient,
+        # restored before each step (one more read and write of g than the step itself).
+        self.grad_source = None if self.reference.startswith("torch.optim.") else []
         for shape, p0, g in zip(data.shapes, data.pieces(data.p0), data.pieces(data.g)):
             p = torch.nn.Parameter(torch.from_numpy(p0.copy()).reshape(shape).to(device))
-            p.grad = torch.from_numpy(g.copy() if max_grad_norm else g).reshape(shape).to(device)
+            p.grad = torch.from_numpy(g.copy() if max_grad_norm or self.grad_source is not None else g) \
+                .reshape(shape).to(device)
+            if self.grad_source is not None:
+                self.grad_source.append(torch.from_numpy(g).reshape(shape).to(device))
             self.params.append(p)
         self.max_grad_norm = max_grad_norm
         try:
             self.opt = cls(self.params, **spec.kwargs, **{mode: True})
+            if hasattr(self.opt, "train"):
+                self.opt.train()
             self.opt.step()  # a fused kernel missing on this device only shows on the first step
         except (RuntimeError, TypeError, ValueError) as exc:
             raise Skipped(f"torch.optim.{spec.name}({mode}=True): {str(exc).splitlines()[0]}") from None
         self.opt = cls(self.params, **spec.kwargs, **{mode: True})
+        if hasattr(self.opt, "train"):  # schedulefree's optimizers step in train mode only
+            self.opt.train()
         for p, p0 in zip(self.params, data.pieces(data.p0)):  # undo the probing step
             with torch.no_grad():
                 p.copy_(torch.from_numpy(p0).reshape(p.shape).to(device))
@@ -220,6 +236,8 @@ class TorchOptimizer:
         self.sync = torch.cuda.synchronize if device == "cuda" else None
 
     def step(self):
+        if self.grad_source is not None:
+            self.torch._foreach_copy_([p.grad for p in self.params], self.grad_source)
         if self.max_grad_norm is not None:
             self.torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
         self.opt.step()

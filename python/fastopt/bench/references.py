@@ -14,6 +14,9 @@ from ..rules._base import NumpyOptimizer  # noqa: F401  (the base of each rule's
 
 # Each rule's NumPy baseline lives in its module (fastopt.rules), by class name.
 NUMPY_OPTIMIZERS = {name: cls for rule in _RULES for name, cls in rule.NUMPY_BASELINES.items()}
+# Torch optimizers outside torch.optim that users run for a rule torch lacks (a rule module's
+# optional TORCH_REFERENCES: class name -> "package.Class").
+TORCH_REFERENCES = {name: path for rule in _RULES for name, path in getattr(rule, "TORCH_REFERENCES", {}).items()}
 
 
 def clip_factor(norm, max_norm):
@@ -93,3 +96,18 @@ def torch_optimizer_class(name):
     except ImportError:
         return None
     return getattr(torch.optim, name, None)
+
+
+def torch_reference_class(name):
+    """(class, "package.Class") of the torch optimizer outside torch.optim users run for `name`,
+    or None when there is none or its package is not installed."""
+    path = TORCH_REFERENCES.get(name)
+    if path is None:
+        return None
+    import importlib
+
+    module, _, cls = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls), path
+    except ImportError:
+        return None

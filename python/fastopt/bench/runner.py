@@ -323,8 +323,9 @@ class Run:
                 continue
             impl, check = made
             seconds, samples = self._measure_reference(impl, data)
+            extra = {"reference": impl.reference} if getattr(impl, "reference", None) else {}
             self.add(**base, impl=label, backend="cpu", seconds=seconds, samples=samples,
-                     elements_per_s=data.n / seconds, check=check)
+                     elements_per_s=data.n / seconds, check=check, **extra)
             impl.close()
             del impl, made
             gc.collect()

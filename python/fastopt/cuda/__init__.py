@@ -14,12 +14,12 @@ tools/gpu_check.sh).
 import numpy as np
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32, CODE_FLOAT64, STEP_COMBINATIONS
-from ..rules import MAX_SCALARS, NUM_VARIANTS, RULE_NAMES
+from ..rules import MAX_SCALARS, NUM_VARIANTS, RULE_NAMES, RULES
 from .._kernel_call import KernelCall
 from ._loader import CupyDevice
 
 SOURCE = "kernels.cu"
-NUM_RULE_SCALARS = 8  # the kernel's k0..k7
+NUM_RULE_SCALARS = 12  # the kernel's k0..k11 (csrc/cpu/kernels.h passes as many)
 assert MAX_SCALARS <= NUM_RULE_SCALARS, "a rule has more scalars than kernels.cu passes"
 THREADS = 256
 VEC = 4  # kVec in kernels.cu
@@ -45,12 +45,21 @@ def supported_type_combinations():
     return list(STEP_COMBINATIONS)
 
 
+def launched_codes(rule, variant, codes):
+    """The codes a step of `codes` launches `variant` with: a variant that never reads the
+    gradient (a rule's GRADLESS_VARIANTS) is given param in the gradient slot, typed as param."""
+    if variant in getattr(RULES[rule], "GRADLESS_VARIANTS", ()):
+        return codes[0], codes[0], codes[2]
+    return codes
+
+
 def all_kernel_names():
     """Every name expression this module can request (the NVRTC compile check builds them all)."""
-    names = [step_kernel_name(rule, v, *codes, stochastic)
-             for rule in range(len(RULE_NAMES)) for v in range(NUM_VARIANTS[rule])
-             for codes in supported_type_combinations()
-             for stochastic in ((False, True) if codes[0] == CODE_BFLOAT16 else (False,))]
+    names = list(dict.fromkeys(  # in order, each once (gradless variants repeat)
+        step_kernel_name(rule, v, *launched_codes(rule, v, codes), stochastic)
+        for rule in range(len(RULE_NAMES)) for v in range(NUM_VARIANTS[rule])
+        for codes in supported_type_combinations()
+        for stochastic in ((False, True) if codes[0] == CODE_BFLOAT16 else (False,))))
     names += [norm_kernel_name(c) for c in _CXX_TYPES]
     names.append("sum_partials_kernel")
     return names

@@ -34,9 +34,10 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
                                       S* __restrict__ s1, S* __restrict__ s2, long long n,
                                       bool aligned, double grad_scale, double weight_decay,
                                       double decay_factor, unsigned int rounding_seed, double k0, double k1, double k2,
-                                      double k3, double k4, double k5, double k6, double k7) {
+                                      double k3, double k4, double k5, double k6, double k7, double k8,
+                                      double k9, double k10, double k11) {
     using namespace fastopt;
-    const double host_scalars[8] = {k0, k1, k2, k3, k4, k5, k6, k7};
+    const double host_scalars[12] = {k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11};
     const typename Rule::template Scalars<C> k(host_scalars);
     const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor), rounding_seed};
     constexpr int num_states = Rule::num_states(V);
@@ -49,7 +50,8 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
         const long long groups = n / kVec;
         for (long long g = first; g < groups; g += stride) {
             Pack<P, kVec> p = load_pack<P, kVec>(param, g);
-            Pack<G, kVec> gr = load_pack<G, kVec>(grad, g);
+            Pack<G, kVec> gr;
+            if constexpr (RuleReadsGrad<Rule>::at(V)) gr = load_pack<G, kVec>(grad, g);
             Pack<float, kVec> m;
             Pack<S, kVec> a, b, c;
             if constexpr (has_master) m = load_pack<float, kVec>(master, g);

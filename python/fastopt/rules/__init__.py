@@ -7,11 +7,15 @@ A rule module defines: NAME (its C++ struct, also its main class's name), NUM_VA
 kernel order), host_scalars, numba_update (the per-element mirror, reading Scalars by name),
 CLASSES and FUNCTIONS (the public optimizers and functional entry points), NUMPY_BASELINES
 (class name -> NumPy optimizer) and BENCH ((class name, hyper-parameters) the benchmark runs).
+Optional: TORCH_REFERENCES (class name -> "package.Class", a torch optimizer outside torch.optim
+the benchmark times as its torch reference), GRADLESS_VARIANTS, the variants whose header says reads_grad(v) is false (they are
+launched with param in the gradient slot, typed as param).
 """
 import importlib
 
 # Kernel order: a rule's id is its position. CMakeLists.txt parses this tuple.
-RULE_MODULES = ("sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam", "radam", "lion")
+RULE_MODULES = ("sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam", "radam", "lion",
+                "schedule_free", "ademamix")
 
 RULES = []
 
