@@ -84,7 +84,7 @@ def ademamix(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, *, step, lr=1e-3, b
     p -= lr (m1 / (1 - b1^t) + alpha_t m2) / (sqrt(v) / sqrt(1 - b2^t) + eps), with alpha_t and
     b3_t warmed up over t_alpha and t_beta3 steps (None: no warm-up).
     """
-    lr, eps = b.nonnegative("lr", lr), b.nonnegative("eps", eps)  # eps = 0 as the packages accept it
+    lr, eps = b.nonnegative("lr", lr), b.epsilon("eps", eps)
     beta1, beta2, beta3 = (b.unit_interval(name, beta) for name, beta in
                            (("beta1", beta1), ("beta2", beta2), ("beta3", beta3)))
     alpha = b.nonnegative("alpha", alpha)
@@ -105,7 +105,7 @@ class AdEMAMix(b.Optimizer):
 
     _state_array_names = STATES
     _options = b.option_table(lr=b.nonnegative, betas=betas3, alpha=b.nonnegative, t_alpha=warmup_length,
-                              t_beta3=warmup_length, eps=b.nonnegative, weight_decay=b.nonnegative, maximize=b.flag)
+                              t_beta3=warmup_length, eps=b.epsilon, weight_decay=b.nonnegative, maximize=b.flag)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, t_alpha=None, t_beta3=None,
                  eps=1e-8, weight_decay=1e-2, *, t_alpha_beta3=None, maximize=False, **options):

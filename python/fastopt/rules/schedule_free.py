@@ -153,7 +153,7 @@ def adamw_schedule_free(param, grad, z, exp_avg_sq, schedule_state, *, step, lr=
                         eps=1e-8, weight_decay=0.0, warmup_steps=0, r=0.0, weight_lr_power=2.0, **options):
     """Schedule-Free AdamW: :func:`sgd_schedule_free` with u = g / (sqrt(v / (1 - beta2^step)) + eps)
     + weight_decay * y, v = beta2 v + (1 - beta2) g^2."""
-    beta1, eps = open_unit("beta1", beta1), b.nonnegative("eps", eps)  # 0 accepted, as by the package
+    beta1, eps = open_unit("beta1", beta1), b.epsilon("eps", eps)
     beta2 = b.unit_interval("beta2", beta2)
     return _functional_step(ADAMW, param, grad, [("z", z), ("exp_avg_sq", exp_avg_sq)], schedule_state, step,
                             lr, beta1, weight_decay, warmup_steps, r, weight_lr_power, beta2, eps, options)
@@ -338,7 +338,7 @@ class AdamWScheduleFree(_ScheduleFree):
     order; weight decay at y after the normalisation. Starts in train mode."""
 
     _variant = ADAMW
-    _options = b.option_table(lr=b.nonnegative, betas=schedule_free_betas, eps=b.nonnegative, weight_decay=b.nonnegative,
+    _options = b.option_table(lr=b.nonnegative, betas=schedule_free_betas, eps=b.epsilon, weight_decay=b.nonnegative,
                               warmup_steps=warmup_steps_check, r=finite, weight_lr_power=b.nonnegative,
                               maximize=b.flag)
 
