@@ -30,7 +30,8 @@ void* data_of(py::array& a) { return a.mutable_data(); }
 void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                     py::array param, py::array grad, py::object master, py::tuple states,
                     py::tuple scalars, double grad_scale, double weight_decay,
-                    double decay_factor, uint32_t rounding_seed) {
+                    double decay_factor, uint32_t rounding_seed, py::object ema, int ema_dtype,
+                    double ema_weight) {
     StepCall call{};
     call.optimizer = optimizer;
     call.variant = variant;
@@ -57,6 +58,9 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
     call.decay_factor = decay_factor;
     call.rounding_seed = rounding_seed;
     call.num_threads = num_threads();
+    call.ema = fastopt::bind::mutable_data_or_null(ema);
+    call.ema_dtype = DType(ema_dtype);
+    call.ema_weight = ema_weight;
     py::gil_scoped_release release;
     fastopt::cpu::optimizer_step(call);
 }

@@ -7,7 +7,7 @@ Arrays of one group at one step share their row of scalars, computed once."""
 import math
 import operator
 
-from . import _backend, _kernel_call, _multi, _scalars
+from . import _backend, _ema, _kernel_call, _multi, _scalars
 from ._kernel_call import KernelCall
 
 
@@ -89,6 +89,8 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
     names = opt._state_names(h)
     opt._ensure_state(p, names, h)
     arrays = opt._arrays(p, grad, names, grad_dtype)
+    averaging = _ema.of(opt)
+    ema, ema_code = averaging.arrays(opt, p, arrays) if averaging is not None else (None, 0)
     _begin(opt, [grad])
     module = _backend.select(arrays.kind, opt.backend).module
     inv_scale, skipped = _clip(opt, module, ((arrays.grad_code, arrays.grad),), inv_scale, max_grad_norm,
@@ -102,7 +104,8 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
     try:
         _kernel_call.step(module, KernelCall(opt._rule, variant, arrays.param_code, arrays.grad_code,
                                              arrays.state_code, arrays.param, arrays.grad, arrays.master,
-                                             arrays.states, scalars, scale, wd, decay, seed))
+                                             arrays.states, scalars, scale, wd, decay, seed, ema, ema_code,
+                                             averaging.weight(step) if ema is not None else 0.0))
     except Exception:
         _recheck(opt, [(p, grad, names)], grad_dtype)
         raise
@@ -133,6 +136,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
     options = [opt._group_options(i) for i in range(len(opt.param_groups))]
     names_of = [opt._state_names(h) for h in options]
     arrays_of, ensure = opt._arrays, opt._ensure_state
+    averaging = _ema.of(opt)
+    emas = {}  # j -> (ema, ema_code), checked with the step's other arrays
     stepped = []
     for j, grad in enumerate(grads):
         if grad is None:
@@ -146,6 +151,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
                     ensure(p, names, options[p.group])
                     break
             stepped.append((j, p, arrays_of(p, grad, names, grad_dtype)))
+            if averaging is not None:
+                emas[j] = averaging.arrays(opt, p, stepped[-1][2])
         except (ValueError, TypeError) as exc:
             raise opt._where(j, exc) from None
     _begin(opt, grads)
@@ -174,6 +181,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
         if call is None:
             call = calls[call_key] = _multi.Call()
         call.add(a, row, _scalars.step_seed((opt.seed + j) & 0xFFFFFFFF, step) if seeded else 0)
+        if averaging is not None:
+            call.add_ema(*emas[j], averaging.weight(step))
         updates.append((p, step, host))
     try:
         _multi.run(module, opt._rule, calls)
@@ -190,7 +199,7 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
     # The same gradient arrays twice in a row (persistent buffers): keep this step's plan, so
     # the next steps skip the per-array work while nothing it relied on changes.
     if previous is not None and len(previous) == len(grads) and all(map(operator.is_, previous, grads)) \
-            and not seeded and len(rows) == len({key[0] for key in rows}):
+            and not seeded and averaging is None and len(rows) == len({key[0] for key in rows}):
         opt.__dict__["_plan"] = _Plan(opt, grads, options, grad_dtype, module, stepped, names_of, calls, rows)
     return loss if has_closure else opt.last_grad_norm
 

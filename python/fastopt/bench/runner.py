@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import bn_fused, impls, lists, workloads
+from . import bn_fused, ema, impls, lists, workloads
 from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
@@ -223,6 +223,10 @@ class Run:
                                        lambda s=spec, t=threads: self.optimizer_task(
                                            s, shapes(), "clip_step", "gpt2-small clip+Adam", t,
                                            max_grad_norm=workloads.MAX_GRAD_NORM)))
+            if cfg.wants("ema", "Adam"):
+                n = max(cfg.sizes)
+                self.tasks.append((f"Adam with fused EMA n={n:.2g} threads={threads}",
+                                   lambda n=n, t=threads: ema.task(self, n, t)))
             for bn in workloads.BATCHNORM:
                 if cfg.quick and bn.name not in workloads.BATCHNORM_QUICK:
                     continue
