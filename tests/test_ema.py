@@ -182,9 +182,11 @@ def test_float32_matches_torch_foreach_lerp():
     assert np.all(np.abs(ours - theirs) <= 2 * ulp)
 
 
-def test_param_lists_groups_and_views(backend):
+@pytest.mark.parametrize("persistent", [False, True], ids=["new-grads", "same-grad-buffers"])
+def test_param_lists_groups_and_views(backend, persistent):
     """A list of params (the segment table on the cpu backend): opt.ema holds one array per param,
-    shaped as it, equal bit for bit to one optimizer per param."""
+    shaped as it, equal bit for bit to one optimizer per param. The same gradient buffers at every
+    step reuse the step plan, whose warm-up weights follow the step count."""
     shapes = [(3, 5), (7,), (1,), (31, 33)]
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -192,11 +194,16 @@ def test_param_lists_groups_and_views(backend):
     opt = fastopt.Adam(groups, lr=0.01, backend=backend, ema_decay=0.95, ema_warmup=True)
     singles = [fastopt.Adam(q, lr=lr, backend=backend, ema_decay=0.95, ema_warmup=True)
                for q, lr in zip([q.copy() for q in params], [0.01, 0.01, 0.003, 0.003])]
+    buffers = [np.zeros(s, np.float32) for s in shapes]
     for _ in range(6):
         grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        opt.step(grads)
+        if persistent:
+            for b, g in zip(buffers, grads):
+                b[...] = g
+        opt.step(buffers if persistent else grads)
         for single, g in zip(singles, grads):
             single.step(g)
+    assert (opt._plan is not None) == persistent
     assert [e.shape for e in opt.ema] == shapes
     for e, single in zip(opt.ema, singles):
         np.testing.assert_array_equal(_bits(e), _bits(single.ema))

@@ -8,6 +8,7 @@ float32 master copy of a half param that has one). The kernels compute it right 
 of each element (or of each piece of a few thousand elements, on the CPU), in float32 (float64
 for a float64 EMA), rounded to nearest even into a bfloat16 EMA."""
 import contextlib
+import operator
 
 import numpy as np
 
@@ -123,10 +124,18 @@ def checked_array(ema, param, param_code, kind, expected, others, name="ema"):
 class Averaging:
     """An optimizer's EMA settings and its per-parameter arrays (state["ema"])."""
 
-    __slots__ = ("decay", "warmup", "dtype_name")
+    __slots__ = ("decay", "warmup", "dtype_name", "checked")
 
     def __init__(self, decay, warmup, dtype_name):
         self.decay, self.warmup, self.dtype_name = decay, warmup, dtype_name
+        self.checked = {}  # param -> (ema, step arrays, result) of its last full check
+
+    def __getstate__(self):
+        return self.decay, self.warmup, self.dtype_name
+
+    def __setstate__(self, state):
+        self.decay, self.warmup, self.dtype_name = state
+        self.checked = {}
 
     def new_state(self, opt, p, code):
         """state["ema"] of a new param: its initial value (the master copy where there is one)."""
@@ -143,12 +152,25 @@ class Averaging:
         if ema is None:
             raise ValueError("the optimizer averages the weights (ema_decay) but this parameter's state "
                              "has no 'ema'")
+        cached = self.checked.get(p)
+        if cached is not None and cached[0] is ema:
+            if cached[1] is arrays:  # the same arrays as the last step: checked then
+                return cached[2]
+            old = cached[1]
+            if old.param is arrays.param and old.master is arrays.master and len(old.states) == len(
+                    arrays.states) and all(map(operator.is_, old.states, arrays.states)):
+                # Only the gradient is new: it must not overlap the EMA.
+                _checks.check_disjoint([("grad", arrays.grad), ("state['ema']", ema)])
+                self.checked[p] = (ema, arrays, cached[2])
+                return cached[2]
         expected = storage_dtype(self.dtype_name, arrays.param_code, p.kind)
         others = [("param", arrays.param), ("grad", arrays.grad)] + [(f"state {i}", s) for i, s in
                                                                       enumerate(arrays.states)]
         if arrays.master is not None:
             others.append(("master_weights", arrays.master))
-        return checked_array(ema, arrays.param, arrays.param_code, p.kind, expected, others, "state['ema']")
+        result = checked_array(ema, arrays.param, arrays.param_code, p.kind, expected, others, "state['ema']")
+        self.checked[p] = (ema, arrays, result)
+        return result
 
     def weight(self, step):
         return weight(self.decay, self.warmup, step)

@@ -17,19 +17,21 @@ class Call:
     """The arrays of one kernel call, built array by array."""
 
     __slots__ = ("params", "grads", "masters", "states", "row_of", "seeds", "rows", "emas", "ema_code",
-                 "ema_weights")
+                 "ema_weights", "ema_groups")
 
     def __init__(self):
         self.params, self.grads, self.masters, self.states = [], [], [], []
         self.row_of, self.seeds, self.rows = [], [], {}
-        self.emas, self.ema_code, self.ema_weights = None, 0, None
+        self.emas, self.ema_code, self.ema_weights, self.ema_groups = None, 0, None, None
 
-    def add_ema(self, ema, code, weight):
-        """The EMA of the array last added (every array of a call has one, or none has)."""
+    def add_ema(self, ema, code, weight, group):
+        """The EMA of the array last added (every array of a call has one, or none has); `group`:
+        its param group, whose step count sets the weight when a step plan is reused."""
         if self.emas is None:
-            self.emas, self.ema_code, self.ema_weights = [], code, []
+            self.emas, self.ema_code, self.ema_weights, self.ema_groups = [], code, [], []
         self.emas.append(ema)
         self.ema_weights.append(weight)
+        self.ema_groups.append(group)
 
     def add(self, arrays, row, seed):
         """`row`: the rule's scalars followed by (grad_scale, weight_decay, decay_factor)."""

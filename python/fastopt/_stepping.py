@@ -182,7 +182,7 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
             call = calls[call_key] = _multi.Call()
         call.add(a, row, _scalars.step_seed((opt.seed + j) & 0xFFFFFFFF, step) if seeded else 0)
         if averaging is not None:
-            call.add_ema(*emas[j], averaging.weight(step))
+            call.add_ema(*emas[j], averaging.weight(step), p.group)
         updates.append((p, step, host))
     try:
         _multi.run(module, opt._rule, calls)
@@ -199,7 +199,7 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
     # The same gradient arrays twice in a row (persistent buffers): keep this step's plan, so
     # the next steps skip the per-array work while nothing it relied on changes.
     if previous is not None and len(previous) == len(grads) and all(map(operator.is_, previous, grads)) \
-            and not seeded and averaging is None and len(rows) == len({key[0] for key in rows}):
+            and not seeded and len(rows) == len({key[0] for key in rows}):
         opt.__dict__["_plan"] = _Plan(opt, grads, options, grad_dtype, module, stepped, names_of, calls, rows)
     return loss if has_closure else opt.last_grad_norm
 
@@ -273,10 +273,14 @@ class _Plan:
             rows[group] = (step, host, scalars + _scalars.prologue(h["lr"], h["weight_decay"], decoupled,
                                                                     h["maximize"], inv_scale))
         calls = {}
+        averaging = _ema.of(opt)
+        weights = {g: averaging.weight(r[0]) for g, r in rows.items()} if averaging is not None else None
         for key, call, groups in self.calls:
             call.rows = {rows[g][2]: r for r, g in enumerate(groups)}
             if len(call.rows) != len(groups):  # two groups with equal rows: rebuild the plan
                 return False
+            if call.emas is not None:  # this step's EMA weights (they follow the step count)
+                call.ema_weights = [weights[g] for g in call.ema_groups]
             calls[key] = call
         try:
             _multi.run(module, opt._rule, calls)
