@@ -329,3 +329,10 @@ def test_warmup_formula():
     assert _ema.weight(0.999, True, 1) == 1.0 - 2.0 / 11.0
     assert _ema.weight(0.999, True, 10**6) == 1.0 - 0.999
     assert _ema.weight(0.999, False, 1) == 1.0 - 0.999
+
+
+def test_sharded_optimizer_refuses_an_ema():
+    from fastopt.distributed import ShardedOptimizer
+
+    with pytest.raises(TypeError, match="ema_decay"):
+        ShardedOptimizer(fastopt.Adam, np.ones(8, np.float32), None, ema_decay=0.9)

@@ -51,5 +51,5 @@ def test_ema_kernels_do_not_spill_on_hopper():
     names = cuda_backend.all_ema_kernel_names()
     log = _nvrtc.compile_check("kernels.cu", names, "sm_90", ["--ptxas-options=-v"])
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    assert len(spills) == len(names)
+    assert len(spills) == len(names) + 1  # sum_partials_kernel, not a template, is always compiled
     assert all(stores == "0" and loads == "0" for stores, loads in spills), log
