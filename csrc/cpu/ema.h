@@ -9,8 +9,7 @@
 
 namespace fastopt::cpu {
 
-// Elements per piece: the piece's new params and EMA (16 KiB in float32) stay in L1.
-constexpr int64_t kEmaPiece = 2048;
+// Elements per piece (isa_ema.cpp): the piece's new params are still in L1 or L2 when averaged.
 
 // One array's averaging: `source` holds the new param (the float32 master of a half param).
 struct EmaRange {
@@ -27,10 +26,12 @@ inline EmaRange ema_range(const void* param, DType param_dtype, const float* mas
     return {param, param_dtype, ema, ema_dtype, weight};
 }
 
-// The loop length of a driver's inner loop: a piece with averaging, else the whole range.
-inline int64_t ema_step(const EmaRange& r, int64_t range) { return r.ema != nullptr ? kEmaPiece : range; }
-
 namespace FASTOPT_ISA_NS {
+int64_t ema_piece();
+
+// The loop length of a driver's inner loop: a piece with averaging, else the whole range.
+inline int64_t ema_step(const EmaRange& r, int64_t range) { return r.ema != nullptr ? ema_piece() : range; }
+
 // Averages [lo, hi) of one array (isa_ema.cpp); does nothing when r.ema is null.
 void ema_lerp(const EmaRange& r, int64_t lo, int64_t hi);
 }  // namespace FASTOPT_ISA_NS
