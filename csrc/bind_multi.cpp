@@ -81,6 +81,10 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
 }  // namespace
 
 void register_multi(py::module_& m) {
-    m.def("multi_step", &py_multi_step);
+    // The EMA's three arguments may be left out (no averaging).
+    m.def("multi_step", &py_multi_step, py::arg("optimizer"), py::arg("variant"), py::arg("param_dtype"),
+          py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("params"), py::arg("grads"), py::arg("masters"),
+          py::arg("states"), py::arg("rows"), py::arg("row_of"), py::arg("seeds"), py::arg("emas") = py::none(),
+          py::arg("ema_dtype") = 0, py::arg("ema_weights") = py::none());
     m.attr("row_width") = kRowWidth;
 }

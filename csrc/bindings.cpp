@@ -75,7 +75,12 @@ double py_sum_of_squares(int dtype, py::array x) {
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastopt's C++ kernels (internal: call through fastopt's Python API)";
-    m.def("optimizer_step", &py_optimizer_step);
+    // The EMA's three arguments may be left out (no averaging).
+    m.def("optimizer_step", &py_optimizer_step, py::arg("optimizer"), py::arg("variant"), py::arg("param_dtype"),
+          py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("param"), py::arg("grad"), py::arg("master"),
+          py::arg("states"), py::arg("scalars"), py::arg("grad_scale"), py::arg("weight_decay"),
+          py::arg("decay_factor"), py::arg("rounding_seed"), py::arg("ema") = py::none(), py::arg("ema_dtype") = 0,
+          py::arg("ema_weight") = 0.0);
     m.def("sum_of_squares", &py_sum_of_squares);
     m.def("num_threads", &num_threads);
     m.def("set_num_threads", &set_num_threads);
