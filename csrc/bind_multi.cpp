@@ -21,9 +21,14 @@ void* pointer(py::handle h, bool written) {
 
 void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                    py::list params, py::list grads, py::object masters, py::list states,
-                   py::array_t<double, py::array::c_style> rows, py::list row_of, py::list seeds) {
+                   py::array_t<double, py::array::c_style> rows, py::list row_of, py::list seeds,
+                   py::object emas, int ema_dtype, py::object ema_weights) {
     const size_t count = params.size();
     const bool has_master = !masters.is_none();
+    // The EMA of the weights: a list of arrays and one of weights, or both None.
+    const bool has_ema = !emas.is_none();
+    if (has_ema && (py::len(emas) != count || py::len(ema_weights) != count))
+        throw std::invalid_argument("multi_step: emas and ema_weights must have one entry per param");
     if (grads.size() != count || states.size() != count || row_of.size() != count || seeds.size() != count ||
         (has_master && py::len(masters) != count))
         throw std::invalid_argument("multi_step: every per-array list must have one entry per param");
@@ -47,6 +52,10 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
         s.row = row_of[j].cast<int64_t>();
         if (s.row < 0 || s.row >= num_rows) throw std::invalid_argument("multi_step: row index out of range");
         s.rounding_seed = seeds[j].cast<uint32_t>();
+        if (has_ema) {
+            s.ema = pointer(py::list(emas)[j], true);
+            s.ema_weight = py::list(ema_weights)[j].cast<double>();
+        }
         s.offset = (end + kChunkAlign - 1) / kChunkAlign * kChunkAlign;
         end = s.offset + s.n;
         table.push_back(s);
@@ -64,6 +73,7 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
     call.rows = rows.data();
     call.total = end;
     call.num_threads = num_threads();
+    call.ema_dtype = DType(ema_dtype);
     py::gil_scoped_release release;
     multi_step(call);
 }
@@ -71,6 +81,10 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
 }  // namespace
 
 void register_multi(py::module_& m) {
-    m.def("multi_step", &py_multi_step);
+    // The EMA's three arguments may be left out (no averaging).
+    m.def("multi_step", &py_multi_step, py::arg("optimizer"), py::arg("variant"), py::arg("param_dtype"),
+          py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("params"), py::arg("grads"), py::arg("masters"),
+          py::arg("states"), py::arg("rows"), py::arg("row_of"), py::arg("seeds"), py::arg("emas") = py::none(),
+          py::arg("ema_dtype") = 0, py::arg("ema_weights") = py::none());
     m.attr("row_width") = kRowWidth;
 }

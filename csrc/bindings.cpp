@@ -30,7 +30,8 @@ void* data_of(py::array& a) { return a.mutable_data(); }
 void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                     py::array param, py::array grad, py::object master, py::tuple states,
                     py::tuple scalars, double grad_scale, double weight_decay,
-                    double decay_factor, uint32_t rounding_seed) {
+                    double decay_factor, uint32_t rounding_seed, py::object ema, int ema_dtype,
+                    double ema_weight) {
     StepCall call{};
     call.optimizer = optimizer;
     call.variant = variant;
@@ -57,6 +58,9 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
     call.decay_factor = decay_factor;
     call.rounding_seed = rounding_seed;
     call.num_threads = num_threads();
+    call.ema = fastopt::bind::mutable_data_or_null(ema);
+    call.ema_dtype = DType(ema_dtype);
+    call.ema_weight = ema_weight;
     py::gil_scoped_release release;
     fastopt::cpu::optimizer_step(call);
 }
@@ -71,7 +75,12 @@ double py_sum_of_squares(int dtype, py::array x) {
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "fastopt's C++ kernels (internal: call through fastopt's Python API)";
-    m.def("optimizer_step", &py_optimizer_step);
+    // The EMA's three arguments may be left out (no averaging).
+    m.def("optimizer_step", &py_optimizer_step, py::arg("optimizer"), py::arg("variant"), py::arg("param_dtype"),
+          py::arg("grad_dtype"), py::arg("state_dtype"), py::arg("param"), py::arg("grad"), py::arg("master"),
+          py::arg("states"), py::arg("scalars"), py::arg("grad_scale"), py::arg("weight_decay"),
+          py::arg("decay_factor"), py::arg("rounding_seed"), py::arg("ema") = py::none(), py::arg("ema_dtype") = 0,
+          py::arg("ema_weight") = 0.0);
     m.def("sum_of_squares", &py_sum_of_squares);
     m.def("num_threads", &num_threads);
     m.def("set_num_threads", &set_num_threads);

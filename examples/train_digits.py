@@ -3,6 +3,7 @@
     python examples/train_digits.py --optimizer adamw --epochs 30 --plot loss.png
     python examples/train_digits.py --optimizer adamw-schedulefree   # no learning-rate schedule
     mpiexec -n 2 python -m mpi4py examples/train_digits.py --distributed   # data-parallel
+    python examples/train_digits.py --ema 0.999        # also evaluate an EMA of the weights
 
 The model is Linear(64, 128) -> BatchNorm -> ReLU -> Linear(128, 10) -> softmax cross-entropy,
 written in NumPy. Every trainable tensor lives in one fastopt.FlatParams buffer, so each step of
@@ -13,6 +14,11 @@ With ``--distributed`` (under mpiexec) every rank takes its part of each global 
 BatchNorm becomes SyncBatchNorm (statistics of the whole global batch) and the optimizer a
 fastopt.distributed.ShardedOptimizer (each rank keeps the state of one shard), so training
 follows the single-process run with the same global batch.
+
+With ``--ema DECAY`` the optimizer also keeps an exponential moving average of the weights,
+updated inside its fused step (ema_decay=DECAY, with warm-up); after training the test accuracy
+is reported for the live weights and for the averaged ones (swapped in with opt.swap_ema(); the
+BatchNorm running statistics are the live model's).
 """
 import argparse
 import time
@@ -113,8 +119,9 @@ def softmax_cross_entropy(logits, labels, total=None):
 
 
 def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_grad_norm=5.0, verbose=True,
-          comm=None):
-    """Returns (test accuracy, per-epoch mean training losses).
+          comm=None, ema_decay=None):
+    """Returns (test accuracy, per-epoch mean training losses), and with ``ema_decay`` a third
+    item: the test accuracy of the EMA of the weights.
 
     ``comm``: an mpi4py communicator to train data-parallel; every rank draws the same global
     batches and takes its contiguous part of each (the gradients are summed, not averaged,
@@ -126,9 +133,12 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
     cls, hyper = OPTIMIZERS[optimizer]
     schedule_free = cls in SCHEDULE_FREE
     if comm is None:
-        opt = cls(model.params.data, **hyper)
+        ema = {} if ema_decay is None else dict(ema_decay=ema_decay, ema_warmup=True)
+        opt = cls(model.params.data, **hyper, **ema)
     elif schedule_free:
         raise SystemExit(f"--optimizer {optimizer} needs train() / eval(), which ShardedOptimizer does not forward")
+    elif ema_decay is not None:
+        raise ValueError("the EMA of the weights is for single-process training here")
     else:
         from fastopt.distributed import ShardedOptimizer
         opt = ShardedOptimizer(cls, model.params.data, comm, average=False, deterministic=True, **hyper)
@@ -159,9 +169,17 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
         opt.eval()
         for start in range(0, min(len(y_train), 50 * batch_size) - batch_size + 1, batch_size):
             model.forward(x_train[start:start + batch_size], training=True)
-    logits, _ = model.forward(x_test, training=False)
-    accuracy = float((logits.argmax(axis=1) == y_test).mean())
-    return accuracy, losses
+
+    def test_accuracy():
+        logits, _ = model.forward(x_test, training=False)
+        return float((logits.argmax(axis=1) == y_test).mean())
+
+    accuracy = test_accuracy()
+    if ema_decay is None:
+        return accuracy, losses
+    with opt.swap_ema():  # the averaged weights in the model's buffer, the live ones back after
+        ema_accuracy = test_accuracy()
+    return accuracy, losses, ema_accuracy
 
 
 def main(argv=None):
@@ -173,18 +191,24 @@ def main(argv=None):
     parser.add_argument("--plot", metavar="PNG", help="save the training-loss curve to this file")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over MPI.COMM_WORLD (launch with mpiexec -n N python -m mpi4py ...)")
+    parser.add_argument("--ema", type=float, nargs="?", const=0.999, metavar="DECAY",
+                        help="also keep an EMA of the weights (decay, default 0.999, with warm-up) and "
+                             "report its test accuracy")
     args = parser.parse_args(argv)
     comm = None
     if args.distributed:
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
     start = time.perf_counter()
-    accuracy, losses = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm)
+    result = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm, ema_decay=args.ema)
+    accuracy, losses = result[:2]
     if comm is not None and comm.rank != 0:
         return accuracy
     ranks = f" on {comm.size} ranks" if comm is not None else ""
     print(f"{args.optimizer}: test accuracy {accuracy:.4f} after {args.epochs} epochs{ranks} "
           f"({time.perf_counter() - start:.1f} s)")
+    if args.ema is not None:
+        print(f"EMA of the weights (decay {args.ema}, warm-up): test accuracy {result[2]:.4f}")
     if args.plot:
         import matplotlib
 

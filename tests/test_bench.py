@@ -492,3 +492,14 @@ def test_fused_batchnorm_rows_check_and_time(monkeypatch):
     # Forward: x (+ z) read, y written; backward: dy, x, y read, dx (+ dresidual) written.
     assert pattern_bytes(fused_passes((64, 64, 56, 56), 1, True, 2), 4) == 4 * (2 + 1 + 3 + 2)
     assert pattern_bytes(fused_passes((64, 56, 56, 64), -1, False, 2), 4) == 4 * (1 + 1 + 1 + 3 + 3 + 1)
+
+
+def test_ema_row_checks_and_times_against_torch_and_the_limit():
+    result = run(tiny_config(only="ema", sizes=(10_000,)))
+    rows = [r for r in result["records"] if r.get("kind") == "ema"]
+    fused = next(r for r in rows if r["impl"] == "fastopt[cpu] Adam+EMA")
+    assert fused["bytes_per_element"] == 36 and fused["check"]["ema_equals_lerp_pass"]
+    assert 0 < fused["fraction_of_limit"] and fused["seconds"] > 0
+    if torch is not None:
+        assert fused["speed_vs_torch_fused_plus_lerp"] > 0
+        assert any(r["impl"].startswith("torch-fused Adam") for r in rows)

@@ -125,3 +125,25 @@ def test_arrays_on_two_gpus_are_refused():
         v = cupy.zeros(1031, cupy.float32)
     with pytest.raises(ValueError, match="exp_avg_sq is on GPU 1 but param is on GPU 0"):
         fastopt.functional.adam(p, g, m, v, step=1)
+
+
+@pytest.mark.parametrize("ema_dtype", [None, "bfloat16"])
+@pytest.mark.parametrize("half", [None, "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_fused_ema_matches_cpu_bitwise(ema_dtype, half, offset):
+    """The step fused with the EMA of the weights (optimizer_step_ema_kernel), with warm-up."""
+    param, grads = random_arrays(100003, np.float32, 32, 12)
+    options = dict(lr=0.01, ema_decay=0.99, ema_warmup=True, ema_dtype=ema_dtype)
+    if half is not None:
+        param, grads = param.astype(ml_dtypes.bfloat16), [g.astype(ml_dtypes.bfloat16) for g in grads]
+        options["master_weights"] = True
+    d_param = _on_device(param, offset)
+    d_grads = [_on_device(g, offset) for g in grads]
+    cpu = fastopt.Adam(param, backend="cpu", **options)
+    gpu = fastopt.Adam(d_param, backend="cuda", param_dtype=half, **options)
+    for g, dg in zip(grads, d_grads):
+        cpu.step(g)
+        gpu.step(dg, grad_dtype=half)
+    np.testing.assert_array_equal(cupy.asnumpy(d_param).view(np.uint16), param.view(np.uint16))
+    cpu_ema = cpu.ema.view(np.uint16) if cpu.ema.dtype == ml_dtypes.bfloat16 else cpu.ema
+    np.testing.assert_array_equal(cupy.asnumpy(gpu.ema), cpu_ema)

@@ -22,3 +22,14 @@ def test_command_line_writes_plot(tmp_path, capsys):
     accuracy = train_digits.main(["--optimizer", "adam", "--epochs", "3", "--plot", str(png)])
     assert png.stat().st_size > 1000 and 0 <= accuracy <= 1
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_ema_of_the_weights_is_evaluated(capsys):
+    """--ema: the averaged weights classify as well as the live ones (within 3 points), and the
+    live weights come back after their evaluation (the same accuracy as a run without EMA)."""
+    accuracy = train_digits.main(["--optimizer", "adam", "--epochs", "8", "--ema", "0.99"])
+    out = capsys.readouterr().out
+    ema_accuracy = float(out.split("EMA of the weights")[1].split("test accuracy")[1].split()[0])
+    assert ema_accuracy >= accuracy - 0.03 and ema_accuracy >= 0.9
+    plain, _ = train_digits.train("adam", epochs=8, verbose=False)
+    assert plain == accuracy

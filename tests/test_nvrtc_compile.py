@@ -38,3 +38,18 @@ def test_compile_failure_is_reported_with_the_log():
 def test_variant_counts_match_the_headers():
     cpu = pytest.importorskip("fastopt._cpu")
     assert tuple(cpu.num_variants()) == _scalars.NUM_VARIANTS
+
+
+@pytest.mark.parametrize("arch", _nvrtc.TARGET_ARCHS)
+def test_every_ema_kernel_compiles(arch):
+    """The steps fused with the EMA of the weights: every rule, variant, type combination and EMA dtype."""
+    log = _nvrtc.compile_check("kernels.cu", cuda_backend.all_ema_kernel_names(), arch)
+    assert "warning" not in log.lower(), log
+
+
+def test_ema_kernels_do_not_spill_on_hopper():
+    names = cuda_backend.all_ema_kernel_names()
+    log = _nvrtc.compile_check("kernels.cu", names, "sm_90", ["--ptxas-options=-v"])
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) == len(names) + 1  # sum_partials_kernel, not a template, is always compiled
+    assert all(stores == "0" and loads == "0" for stores, loads in spills), log

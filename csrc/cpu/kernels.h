@@ -25,6 +25,10 @@ struct StepCall {
     double grad_scale, weight_decay, decay_factor;  // docs/algorithms.md's prologue (fastopt/math/step.h)
     uint32_t rounding_seed;  // stochastic rounding of bfloat16 params without master weights
     int num_threads;
+    // The EMA of the weights (cpu/ema.h): after the step, ema += ema_weight * (new param - ema).
+    void* ema;  // null: no averaging
+    DType ema_dtype;
+    double ema_weight;  // 1 - decay of this step
 };
 
 // One step over many separate arrays in one call (apex's multi_tensor_apply, a segment table):
@@ -44,6 +48,8 @@ struct Segment {
     int64_t n, offset;
     int64_t row;
     uint32_t rounding_seed;
+    void* ema;  // the EMA of the weights, as StepCall's (null: none)
+    double ema_weight;
 };
 struct MultiStepCall {
     int optimizer, variant;
@@ -54,6 +60,7 @@ struct MultiStepCall {
     const double* rows;
     int64_t total;  // end of the last segment
     int num_threads;
+    DType ema_dtype;  // of every segment's EMA
 };
 
 // Sum of squares of a gradient, in float64 with a fixed summation order: blocks of

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "ema.h"
 #include "fastopt/math/all.h"
 #include "kernels.h"
 #include "parallel.h"
@@ -30,12 +31,18 @@ void run_variant(const StepCall& call) {
     S* s0 = static_cast<S*>(call.states[0]);
     S* s1 = static_cast<S*>(call.states[1]);
     S* s2 = static_cast<S*>(call.states[2]);
+    const EmaRange ema = ema_range(param, call.param_dtype, master, call.ema, call.ema_dtype, call.ema_weight);
     parallel_ranges(call.n, call.num_threads, [&](int64_t lo, int64_t hi) {
         const auto k = scalars;
         const auto pro = prologue;
+        // With an EMA, piece by piece: each piece is averaged right after it is stepped (ema.h).
+        for (int64_t at = lo, step = ema_step(ema, hi - lo); at < hi; at += step) {
+            const int64_t end = std::min(hi, at + step);
 #pragma omp simd
-        for (int64_t i = lo; i < hi; ++i)
-            step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
+            for (int64_t i = at; i < end; ++i)
+                step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
+            ema_lerp(ema, at, end);
+        }
     });
 }
 
@@ -62,9 +69,15 @@ void run_variant(const MultiStepCall& call) {
             S* s0 = static_cast<S*>(seg->states[0]);
             S* s1 = static_cast<S*>(seg->states[1]);
             S* s2 = static_cast<S*>(seg->states[2]);
+            const EmaRange ema = ema_range(param, call.param_dtype, master, seg->ema, call.ema_dtype,
+                                           seg->ema_weight);
+            for (int64_t at = begin, step = ema_step(ema, end - begin); at < end; at += step) {
+                const int64_t stop = std::min(end, at + step);
 #pragma omp simd
-            for (int64_t i = begin; i < end; ++i)
-                step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
+                for (int64_t i = at; i < stop; ++i)
+                    step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
+                ema_lerp(ema, at, stop);
+            }
         }
     });
 }

@@ -21,7 +21,12 @@ KernelCall = collections.namedtuple("KernelCall", [
     "scalars",         # the rule's host scalars, in kernel order (its Scalars named tuple)
     "grad_scale", "weight_decay", "decay_factor",  # the prologue (_scalars.prologue)
     "rounding_seed",   # stochastic rounding of a bfloat16 param without master copy; else 0
-])
+    # The EMA of the weights (docs/algorithms.md, "EMA of the weights"): after the step,
+    # ema += ema_weight * (new param - ema), the new param being the master copy where there is one.
+    "ema",             # flat array (bfloat16 as its uint16 bits), or None: no averaging
+    "ema_code",        # its dtype code
+    "ema_weight",      # 1 - decay of this step
+], defaults=(None, 0, 0.0))
 
 
 def step(module, call):

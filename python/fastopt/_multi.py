@@ -16,11 +16,22 @@ ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
 class Call:
     """The arrays of one kernel call, built array by array."""
 
-    __slots__ = ("params", "grads", "masters", "states", "row_of", "seeds", "rows")
+    __slots__ = ("params", "grads", "masters", "states", "row_of", "seeds", "rows", "emas", "ema_code",
+                 "ema_weights", "ema_groups")
 
     def __init__(self):
         self.params, self.grads, self.masters, self.states = [], [], [], []
         self.row_of, self.seeds, self.rows = [], [], {}
+        self.emas, self.ema_code, self.ema_weights, self.ema_groups = None, 0, None, None
+
+    def add_ema(self, ema, code, weight, group):
+        """The EMA of the array last added (every array of a call has one, or none has); `group`:
+        its param group, whose step count sets the weight when a step plan is reused."""
+        if self.emas is None:
+            self.emas, self.ema_code, self.ema_weights, self.ema_groups = [], code, [], []
+        self.emas.append(ema)
+        self.ema_weights.append(weight)
+        self.ema_groups.append(group)
 
     def add(self, arrays, row, seed):
         """`row`: the rule's scalars followed by (grad_scale, weight_decay, decay_factor)."""
@@ -42,15 +53,19 @@ def run(module, rule, calls):
     for (variant, param_code, grad_code, state_code, has_master), call in calls.items():
         if multi is None or len(call.params) == 1:
             rows = list(call.rows)
-            for param, grad, master, states, r, seed in zip(call.params, call.grads, call.masters, call.states,
-                                                            call.row_of, call.seeds):
+            count = len(call.params)
+            emas, weights = (call.emas, call.ema_weights) if call.emas is not None else ([None] * count, [0.0] * count)
+            for param, grad, master, states, r, seed, ema, weight in zip(
+                    call.params, call.grads, call.masters, call.states, call.row_of, call.seeds, emas, weights):
                 row = rows[r]
                 _kernel_call.step(module, KernelCall(rule, variant, param_code, grad_code, state_code, param, grad,
-                                                     master, states, row[:-3], row[-3], row[-2], row[-1], seed))
+                                                     master, states, row[:-3], row[-3], row[-2], row[-1], seed,
+                                                     ema, call.ema_code, weight))
             continue
         table = np.zeros((len(call.rows), ROW_SCALARS + 3))
         for row, r in call.rows.items():
             table[r, :len(row) - 3] = row[:-3]
             table[r, ROW_SCALARS:] = row[-3:]
         multi(rule, variant, param_code, grad_code, state_code, call.params, call.grads,
-              call.masters if has_master else None, call.states, table, call.row_of, call.seeds)
+              call.masters if has_master else None, call.states, table, call.row_of, call.seeds,
+              call.emas, call.ema_code, call.ema_weights)

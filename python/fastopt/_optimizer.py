@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from . import _backend, _checks, _params, _stepping, checkpoint
+from . import _backend, _checks, _ema, _params, _stepping, checkpoint
 from ._dtypes import CODE_BFLOAT16, UINT16, bfloat16_bits, dtype_code, is_half
 
 _MISSING = object()
@@ -127,13 +127,20 @@ class OptimizerCore:
 
     def __init__(self, params, defaults, *, master_weights=False, stochastic_rounding=False, seed=0,
                  state_dtype=None, param_dtype=None, backend=None, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, ema_decay=None, ema_warmup=False, ema_dtype=None):
         defaults = dict(defaults, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused)
         if backend is not None:
             _backend._named(backend, "backend")
+        # The EMA of the weights (_ema.py): checked before anything is built.
+        ema_decay = _ema.checked_decay(ema_decay)
+        ema_dtype = _ema.checked_dtype(ema_dtype)
+        if ema_decay is None and (ema_warmup or ema_dtype is not None):
+            raise ValueError("ema_warmup and ema_dtype need ema_decay (the EMA is off without it)")
         groups, single = _params.group_list(params)
         put = self.__dict__.__setitem__
+        put("_ema", None if ema_decay is None else _ema.Averaging(ema_decay, bool(ema_warmup), ema_dtype))
+        put("_ema_swapped", False)
         put("_single", single)
         put("param_dtype", param_dtype)
         put("backend", backend)
@@ -290,6 +297,9 @@ class OptimizerCore:
         p.state, p.fresh, p.cache = _stepping.ParamState(step=0), set(), None
         if half and self.master_weights:
             p.state["master_weights"] = self._widen_half(p, code)
+        averaging = _ema.of(self)
+        if averaging is not None:
+            p.state["ema"] = averaging.new_state(self, p, code)
         return p
 
     def _resolve_state_dtype(self, state_dtype, param_code, kind):
@@ -314,6 +324,25 @@ class OptimizerCore:
             master = p.state.get("master_weights")
             if master is not None:
                 master[...] = self._widen_half(p, dtype_code(p.array.dtype, self.param_dtype))
+
+    # ---- the EMA of the weights (_ema.py) -------------------------------------------------------
+    @property
+    def ema_decay(self):
+        """The EMA's decay (None: the optimizer keeps no EMA of the weights)."""
+        averaging = _ema.of(self)
+        return None if averaging is None else averaging.decay
+
+    @property
+    def ema(self):
+        """The averaged weights, shaped as the params: one array, or a list in parameter order
+        (views of each parameter's state["ema"]; a FlatParams' views: ``flat.views_of(opt.ema)``)."""
+        return _ema.views(self)
+
+    def swap_ema(self):
+        """A context manager: inside ``with opt.swap_ema():`` the params hold the EMA (rounded to
+        their dtype), for evaluation; on exit they get back their own values, bit for bit (master
+        copies and states are never touched). step() inside the block raises."""
+        return _ema.swapped(self)
 
     @property
     def params(self):
@@ -442,6 +471,7 @@ class OptimizerCore:
         if closure is None and callable(grads) and _backend.array_kind(grads) is None \
                 and not _params.is_torch_tensor(grads):
             closure, grads = grads, None
+        _ema.refuse_step_while_swapped(self)
         loss = closure() if closure is not None else None
         if max_grad_norm is not None:
             max_grad_norm = _checks.positive("max_grad_norm", max_grad_norm)

@@ -7,7 +7,7 @@ Arrays of one group at one step share their row of scalars, computed once."""
 import math
 import operator
 
-from . import _backend, _kernel_call, _multi, _scalars
+from . import _backend, _ema, _kernel_call, _multi, _scalars
 from ._kernel_call import KernelCall
 
 
@@ -97,6 +97,8 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
         opt._ensure_state(p, names, h)
         arrays = opt._arrays(p, grad, names, grad_dtype)
         opt.__dict__["_one_step"] = (grad, h, ParamState.writes, grad_dtype, arrays)
+    averaging = _ema.of(opt)
+    ema, ema_code = averaging.arrays(opt, p, arrays) if averaging is not None else (None, 0)
     _begin(opt, [grad])
     module = _backend.select(arrays.kind, opt.backend).module
     inv_scale, skipped = _clip(opt, module, ((arrays.grad_code, arrays.grad),), inv_scale, max_grad_norm,
@@ -111,7 +113,8 @@ def step_one(opt, grad, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype):
     try:
         _kernel_call.step(module, KernelCall(opt._rule, variant, arrays.param_code, arrays.grad_code,
                                              arrays.state_code, arrays.param, arrays.grad, arrays.master,
-                                             arrays.states, scalars, scale, wd, decay, seed))
+                                             arrays.states, scalars, scale, wd, decay, seed, ema, ema_code,
+                                             averaging.weight(step) if ema is not None else 0.0))
     except Exception:
         opt.__dict__["_one_step"] = None
         _recheck(opt, [(p, grad, opt._state_names(h))], grad_dtype)
@@ -143,6 +146,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
     options = [opt._group_options(i) for i in range(len(opt.param_groups))]
     names_of = [opt._state_names(h) for h in options]
     arrays_of, ensure = opt._arrays, opt._ensure_state
+    averaging = _ema.of(opt)
+    emas = {}  # j -> (ema, ema_code), checked with the step's other arrays
     stepped = []
     for j, grad in enumerate(grads):
         if grad is None:
@@ -156,6 +161,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
                     ensure(p, names, options[p.group])
                     break
             stepped.append((j, p, arrays_of(p, grad, names, grad_dtype)))
+            if averaging is not None:
+                emas[j] = averaging.arrays(opt, p, stepped[-1][2])
         except (ValueError, TypeError) as exc:
             raise opt._where(j, exc) from None
     _begin(opt, grads)
@@ -184,6 +191,8 @@ def step_list(opt, grads, inv_scale, max_grad_norm, skip_nonfinite, grad_dtype, 
         if call is None:
             call = calls[call_key] = _multi.Call()
         call.add(a, row, _scalars.step_seed((opt.seed + j) & 0xFFFFFFFF, step) if seeded else 0)
+        if averaging is not None:
+            call.add_ema(*emas[j], averaging.weight(step), p.group)
         updates.append((p, step, host))
     try:
         _multi.run(module, opt._rule, calls)
@@ -274,10 +283,14 @@ class _Plan:
             rows[group] = (step, host, scalars + _scalars.prologue(h["lr"], h["weight_decay"], decoupled,
                                                                     h["maximize"], inv_scale))
         calls = {}
+        averaging = _ema.of(opt)
+        weights = {g: averaging.weight(r[0]) for g, r in rows.items()} if averaging is not None else None
         for key, call, groups in self.calls:
             call.rows = {rows[g][2]: r for r, g in enumerate(groups)}
             if len(call.rows) != len(groups):  # two groups with equal rows: rebuild the plan
                 return False
+            if call.emas is not None:  # this step's EMA weights (they follow the step count)
+                call.ema_weights = [weights[g] for g in call.ema_groups]
             calls[key] = call
         try:
             _multi.run(module, opt._rule, calls)

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _backend, _checks, _params
-from ._dtypes import BFLOAT16, FLOAT32
+from . import _backend, _checks, _ema, _params
+from ._dtypes import BFLOAT16, CODE_FLOAT32 as FLOAT32_CODE, FLOAT32, dtype_code
 
 _FORMAT = "fastopt-checkpoint-1"
 
@@ -147,7 +147,7 @@ def _checked_state(opt, p, h, entry, where):
             new["step"] = _step(value, where)
         elif name in host:
             new[name] = _host_value(value, f"{where}: state '{name}'")
-        elif name in known or name == "master_weights":
+        elif name in known or name in ("master_weights", "ema"):
             if not hasattr(value, "shape") or not hasattr(value, "dtype"):
                 raise TypeError(f"{where}: state '{name}' must be an array, got {type(value).__name__}")
             if name == "master_weights":
@@ -155,6 +155,13 @@ def _checked_state(opt, p, h, entry, where):
                     raise ValueError(f"{where} has master_weights but this parameter keeps none "
                                      f"({p.array.dtype} without master_weights=True)")
                 expected = FLOAT32
+            elif name == "ema":
+                if "ema" not in p.state:
+                    raise ValueError(f"{where} has an 'ema' (EMA of the weights) but this optimizer keeps "
+                                     "none (construct it with ema_decay=...)")
+                expected = p.state["ema"].dtype
+                if expected == np.uint16 and BFLOAT16 is not None and value.dtype == BFLOAT16:
+                    value = value.view(np.uint16)  # bfloat16 kept as its bits (CuPy)
             else:
                 expected = p.state_dtype
             if value.size != p.array.size or value.dtype != expected:
@@ -176,6 +183,10 @@ def _checked_state(opt, p, h, entry, where):
                              "which its group's options use")
     for name, value in host.items():
         new.setdefault(name, value)
+    if "ema" in p.state and "ema" not in arrays:
+        # A checkpoint without an EMA (saved without ema_decay, or torch's): the EMA restarts from
+        # the parameter as loaded (its master copy where there is one), as at construction.
+        arrays["ema"] = None
     return new, arrays
 
 
@@ -221,13 +232,22 @@ def load_state_dict(opt, sd):
     # Everything fits: write.
     for p, (new, arrays) in zip(opt._params, new_states):
         for name, value in arrays.items():
+            if value is None:
+                continue  # the EMA restarted below
             own = p.state.get(name)
             if own is None or own.dtype != value.dtype or own.size != value.size:
                 own = p.xp.empty(p.array.size, value.dtype)
             own[...] = p.xp.asarray(value).reshape(-1)
             new[name] = own
+        restart_ema = arrays.get("ema", 0) is None
+        own_ema = p.state.get("ema")
         p.state.clear()
         p.state.update(new)
+        if restart_ema:
+            source = new.get("master_weights")
+            own_ema[...] = _ema.initial(source if source is not None else p.array, FLOAT32_CODE if source is not None
+                                        else dtype_code(p.array.dtype, opt.param_dtype), own_ema.dtype, p.xp)
+            p.state["ema"] = own_ema
         p.fresh.clear()
         p.cache = None
     for group, (checked, extras) in zip(opt.param_groups, groups):

@@ -58,6 +58,13 @@ class FlatParams:
     def _views(self, buffer):
         return [buffer[o:o + math.prod(s)].reshape(s) for o, s in zip(self.offsets, self.shapes)]
 
+    def views_of(self, buffer):
+        """Views of another buffer of this layout, one per shape: an optimizer's state array of
+        ``data``, or its EMA of the weights (``flat.views_of(opt.ema)``)."""
+        if buffer.ndim != 1 or buffer.size != self.size:
+            raise ValueError(f"views_of needs a flat buffer of {self.size} elements, got shape {buffer.shape}")
+        return self._views(buffer)
+
     def __len__(self):
         return len(self.shapes)
 

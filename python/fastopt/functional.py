@@ -16,6 +16,10 @@ these keywords (fastopt.rules._base.STEP_KEYWORDS) besides the rule's own hyper-
 - ``param_dtype`` / ``grad_dtype`` / ``state_dtype``: 'bfloat16' or 'float16' for arrays stored as
   uint16 (CuPy has no bfloat16; state may be float32 or bfloat16).
 - ``backend``: 'cpu', 'numba' or 'cuda' (default: by array type, see fastopt.backends()).
+- ``ema`` and ``ema_decay``: the EMA of the weights, updated in the same pass after the step:
+  ``ema += (1 - ema_decay) * (new param - ema)`` (the new param being the master copy where one is
+  given); ``ema`` is float32 or bfloat16 (float64 for a float64 param), of param's size. A skipped
+  step leaves it untouched. Warm-up is the caller's: pass this step's decay.
 
 Every function returns ``StepResult(grad_norm, skipped)``: the unscaled gradient norm when one
 was computed (clipping or skip_nonfinite), else None, and whether the step was skipped. The

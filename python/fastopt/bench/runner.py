@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import bn_fused, impls, lists, workloads
+from . import bn_fused, ema, impls, lists, workloads
 from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
@@ -223,6 +223,10 @@ class Run:
                                        lambda s=spec, t=threads: self.optimizer_task(
                                            s, shapes(), "clip_step", "gpt2-small clip+Adam", t,
                                            max_grad_norm=workloads.MAX_GRAD_NORM)))
+            if cfg.wants("ema"):
+                n = max(cfg.sizes)
+                self.tasks.append((f"Adam with fused EMA n={n:.2g} threads={threads}",
+                                   lambda n=n, t=threads: ema.task(self, n, t)))
             for bn in workloads.BATCHNORM:
                 if cfg.quick and bn.name not in workloads.BATCHNORM_QUICK:
                     continue
@@ -530,6 +534,11 @@ def headline(records):
             if "speed_vs_torch_fused" in r:
                 s = r["speed_vs_torch_fused"]
                 rows.append((f"{r['workload']}: speed-up over torch fused on the same list", s, ">= 1.05", s >= 1.05))
+    for r in top:
+        if r["kind"] == "ema" and "speed_vs_torch_fused_plus_lerp" in r and r["size"] >= workloads.SIZES_FULL[-1]:
+            s = r["speed_vs_torch_fused_plus_lerp"]
+            rows.append((f"Adam with fused EMA n={r['size']:.1e} vs torch fused Adam + _foreach_lerp_ (speed-up)",
+                         s, ">= 1.08", s >= 1.08))
     for r in top:
         if r["kind"] == "overhead" and r["impl"].startswith("fastopt[cpu]"):
             us = r["microseconds"]

@@ -36,6 +36,18 @@ def step_kernel_name(rule, variant, param_code, grad_code, state_code, stochasti
     return f"optimizer_step_kernel<fastopt::{RULE_NAMES[rule]}, {variant}, {compute}, {types}, {flag}>"
 
 
+def ema_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic, ema_code):
+    """The name expression of one instantiation of optimizer_step_ema_kernel (the step, then the
+    EMA of the weights in `ema_code`'s type)."""
+    step = step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic)
+    return step.replace("optimizer_step_kernel<", "optimizer_step_ema_kernel<", 1)[:-1] + f", {_CXX_TYPES[ema_code]}>"
+
+
+def ema_codes(param_code):
+    """The EMA dtypes a param of `param_code` takes: float64 for float64, else float32 or bfloat16."""
+    return (CODE_FLOAT64,) if param_code == CODE_FLOAT64 else (CODE_FLOAT32, CODE_BFLOAT16)
+
+
 def norm_kernel_name(code):
     return f"sum_of_squares_kernel<{_CXX_TYPES[code]}>"
 
@@ -65,6 +77,17 @@ def all_kernel_names():
     return names
 
 
+def all_ema_kernel_names(rules=None):
+    """Every name expression of the step fused with the EMA of the weights (of `rules`, ids;
+    default all): one per step instantiation and EMA dtype."""
+    rules = range(len(RULE_NAMES)) if rules is None else rules
+    return [ema_kernel_name(rule, v, *codes, stochastic, e)
+            for rule in rules for v in range(NUM_VARIANTS[rule])
+            for codes in supported_type_combinations()
+            for stochastic in ((False, True) if codes[0] == CODE_BFLOAT16 else (False,))
+            for e in ema_codes(codes[0])]
+
+
 def _max_blocks(device):
     return device.multiprocessors() * 8
 
@@ -84,6 +107,11 @@ def optimizer_step(*fields, device=None):
     stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
     name = step_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic)
     used = [c.param, c.grad] + list(c.states) + ([c.master] if c.master is not None else [])
+    extra = ()
+    if c.ema is not None:  # the step fused with the EMA of the weights
+        name = ema_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic, c.ema_code)
+        used.append(c.ema)
+        extra = (c.ema, np.float64(c.ema_weight))
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(c.states) + [c.param] * (3 - len(c.states))
     k = list(c.scalars) + [0.0] * (NUM_RULE_SCALARS - len(c.scalars))
@@ -91,7 +119,7 @@ def optimizer_step(*fields, device=None):
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
                   (c.param, c.grad, c.master if c.master is not None else c.param, *slots, np.int64(n),
                    np.bool_(_aligned(used, device)), np.float64(c.grad_scale), np.float64(c.weight_decay),
-                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *map(np.float64, k)))
+                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *map(np.float64, k), *extra))
 
 
 def _norm_blocks(n):
@@ -114,4 +142,5 @@ def sum_of_squares(code, x, device=None):
     return device.to_float(out)
 
 
-__all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name"]
+__all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name", "ema_kernel_name",
+           "all_ema_kernel_names"]

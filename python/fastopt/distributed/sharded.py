@@ -62,6 +62,9 @@ class ShardedOptimizer:
 
     def __init__(self, optimizer_class, param, comm, *, deterministic=False, average=True, predivide=False,
                  grad_dtype=None, transport=None, check_steps=True, **options):
+        if options.get("ema_decay") is not None:  # each shard would average only its own piece
+            raise TypeError("ShardedOptimizer does not take ema_decay: each rank's optimizer steps only its "
+                            "shard, so no rank would hold the EMA of the whole parameter")
         self.check_steps = bool(check_steps)
         self._transport = transport if transport is not None else MpiTransport(comm)
         t = self._transport

@@ -30,10 +30,14 @@ def optimizer_step(*fields):
         state_arrays.append(empty_state)
     master_flat = c.master.reshape(-1) if c.master is not None else np.empty(0, np.float32)
     stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    ema_code = -1 if c.ema is None else c.ema_code
     kernel = kernel_for(c.rule, c.param.size, c.variant, len(c.states), c.master is not None, c.param_code,
-                        c.grad_code, c.state_code, stochastic)
+                        c.grad_code, c.state_code, stochastic, ema_code)
+    ema = _storage(c.ema, c.ema_code) if c.ema is not None else np.empty(0, np.float32)
+    # The EMA's weight in its compute type (float64 for a float64 EMA, else float32), as in C++.
+    weight = (np.float64 if ema_code == CODE_FLOAT64 else np.float32)(c.ema_weight)
     kernel(_storage(c.param, c.param_code), _storage(c.grad, c.grad_code), master_flat, *state_arrays, k, pro,
-           np.uint32(c.rounding_seed))
+           np.uint32(c.rounding_seed), ema, weight)
 
 
 @njit(inline="always")

@@ -16,8 +16,11 @@ _CACHE = {}
 PARALLEL_THRESHOLD = 1 << 15  # csrc/cpu/kernels.h kParallelThreshold
 
 
-def _make_loop(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic):
-    def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed):
+def _make_loop(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic,
+               ema_code=-1):
+    # ema_code: the EMA's dtype code, or -1 for none; its lerp follows the element's step
+    # (csrc/fastopt/math/ema.h), from the new param as stored (the master where there is one).
+    def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight):
         zero = pro[3]
         for i in prange(param.size):
             p = master[i] if has_master else widen(param[i], param_code)
@@ -41,6 +44,10 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
                 store(s1, i, b, state_code)
             if num_states > 2:
                 store(s2, i, c, state_code)
+            if ema_code >= 0:
+                v = master[i] if has_master else widen(param[i], param_code)
+                e = widen(ema[i], ema_code)
+                store(ema, i, e + ema_weight * (v - e), ema_code)
 
     return kernel
 
@@ -53,7 +60,7 @@ def runs_parallel(size):
 
 def kernel_for(rule, size, *constants):
     """The loop of `rule` for (variant, num_states, has_master, param_code, grad_code, state_code,
-    stochastic), compiled on first use, parallel or not as runs_parallel(size) says."""
+    stochastic[, ema_code]), compiled on first use, parallel or not as runs_parallel(size) says."""
     parallel = runs_parallel(size)
     key = (RULES[rule], parallel) + constants
     kernel = _CACHE.get(key)

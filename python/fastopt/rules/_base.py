@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import _backend, _checks, _kernel_call, _scalars
+from .. import _backend, _checks, _ema, _kernel_call, _scalars
 from .._kernel_call import KernelCall
 from .._optimizer import OptimizerCore, TORCH_NOOPS, _betas, _flag, option_table  # noqa: F401
 
@@ -53,7 +53,7 @@ _NOT_SKIPPED = StepResult(None, False)
 # docstring describes them), with their defaults.
 STEP_KEYWORDS = dict(maximize=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
                      master_weights=None, param_dtype=None, grad_dtype=None, state_dtype=None,
-                     rounding_seed=None, backend=None)
+                     rounding_seed=None, backend=None, ema=None, ema_decay=None)
 StepOptions = collections.namedtuple("StepOptions", ("weight_decay",) + tuple(STEP_KEYWORDS))
 
 
@@ -70,6 +70,9 @@ def step_options(weight_decay, keywords):
     o = {**STEP_KEYWORDS, **keywords}
     weight_decay = _checks.nonnegative("weight_decay", weight_decay)
     o["max_grad_norm"] = _checks.optional_positive("max_grad_norm", o["max_grad_norm"])
+    o["ema_decay"] = _ema.checked_decay(o["ema_decay"])
+    if (o["ema"] is None) != (o["ema_decay"] is None):
+        raise ValueError("the EMA of the weights needs both ema (the array) and ema_decay")
     return StepOptions(weight_decay, **o)
 
 
@@ -85,6 +88,12 @@ def fused_step(rule_id, variant, scalars, param, grad, states, o, *, lr, decoupl
     arrays = step_arrays(param, grad, states, o)
     if check is not None:
         check(arrays)
+    ema, ema_code = None, 0
+    if o.ema is not None:  # ema <- ema + (1 - ema_decay) * (new param - ema), after the step
+        others = [("param", arrays.param), ("grad", arrays.grad)] + list(states)
+        if arrays.master is not None:
+            others.append(("master_weights", arrays.master))
+        ema, ema_code = _ema.checked_array(o.ema, arrays.param, arrays.param_code, arrays.kind, None, others)
     chosen = _backend.select(arrays.kind, o.backend)
     inv_scale = 1.0 if o.grad_scale is None else _checks.grad_scale(o.grad_scale)
     result = _NOT_SKIPPED
@@ -99,7 +108,8 @@ def fused_step(rule_id, variant, scalars, param, grad, states, o, *, lr, decoupl
     seed = 0 if o.rounding_seed is None else _checks.checked_seed(o.rounding_seed)
     _kernel_call.step(chosen.module, KernelCall(rule_id, variant, arrays.param_code, arrays.grad_code,
                                                 arrays.state_code, arrays.param, arrays.grad, arrays.master,
-                                                arrays.states, scalars, scale, wd, decay_factor, seed))
+                                                arrays.states, scalars, scale, wd, decay_factor, seed,
+                                                ema, ema_code, 0.0 if ema is None else 1.0 - o.ema_decay))
     return result
 
 
