@@ -77,12 +77,17 @@ def all_kernel_names():
     return names
 
 
+def ema_variants(rule):
+    """The variants of `rule` that step (and so may carry the EMA): not a GRADLESS_VARIANTS move."""
+    return [v for v in range(NUM_VARIANTS[rule]) if v not in getattr(RULES[rule], "GRADLESS_VARIANTS", ())]
+
+
 def all_ema_kernel_names(rules=None):
     """Every name expression of the step fused with the EMA of the weights (of `rules`, ids;
     default all): one per step instantiation and EMA dtype."""
     rules = range(len(RULE_NAMES)) if rules is None else rules
     return [ema_kernel_name(rule, v, *codes, stochastic, e)
-            for rule in rules for v in range(NUM_VARIANTS[rule])
+            for rule in rules for v in ema_variants(rule)
             for codes in supported_type_combinations()
             for stochastic in ((False, True) if codes[0] == CODE_BFLOAT16 else (False,))
             for e in ema_codes(codes[0])]

@@ -24,23 +24,36 @@ __device__ __forceinline__ void store_pack(T* base, long long group, const Pack<
 
 constexpr int kVec = 4;
 
-// One step of `Rule` (variant V) over n elements: when every pointer is aligned to its pack size
-// (`aligned`), threads take packs of kVec elements and the tail goes element by element; else
-// every element is taken alone. Scalars arrive as doubles in the rule's documented order and are
-// rounded to the compute type C here, as on the host. Unused state pointers are never read.
+// No EMA: the plain step's instantiation of step_body.
+struct NoEma {};
+template <class E> struct EmaOf {
+    static constexpr bool present = true;
+    using compute = typename fastopt::EmaCompute<E>::type;
+};
+template <> struct EmaOf<NoEma> {
+    static constexpr bool present = false;
+    using compute = float;
+};
+
+// One step of `Rule` (variant V) over n elements, and, unless E is NoEma, the EMA of the weights
+// (fastopt/math/ema.h) per element while the new parameter is in registers: ema <- ema + w (new -
+// ema) in float32 (float64 for a float64 EMA), the new value being the master copy of a half param
+// that has one. When every pointer is aligned to its pack size (`aligned`), threads take packs of
+// kVec elements and the tail goes element by element; else every element is taken alone. Scalars
+// arrive as doubles in the rule's documented order and are rounded to the compute type C here, as
+// on the host. Unused state pointers are never read.
 // kStochastic: bfloat16 params without master weights, stored with stochastic rounding.
-template <class Rule, int V, class C, class P, class G, class S, bool kStochastic>
-__global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict__ grad,
-                                      float* __restrict__ master, S* __restrict__ s0,
-                                      S* __restrict__ s1, S* __restrict__ s2, long long n,
-                                      bool aligned, double grad_scale, double weight_decay,
-                                      double decay_factor, unsigned int rounding_seed, double k0, double k1, double k2,
-                                      double k3, double k4, double k5, double k6, double k7, double k8,
-                                      double k9, double k10, double k11) {
+template <class Rule, int V, class C, class P, class G, class S, bool kStochastic, class E>
+__device__ __forceinline__ void step_body(P* __restrict__ param, const G* __restrict__ grad,
+                                          float* __restrict__ master, S* __restrict__ s0, S* __restrict__ s1,
+                                          S* __restrict__ s2, long long n, bool aligned,
+                                          const fastopt::Prologue<C>& pro,
+                                          const typename Rule::template Scalars<C>& k, E* __restrict__ ema,
+                                          double ema_weight) {
     using namespace fastopt;
-    const double host_scalars[12] = {k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11};
-    const typename Rule::template Scalars<C> k(host_scalars);
-    const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor), rounding_seed};
+    using T = typename EmaOf<E>::compute;
+    constexpr bool with_ema = EmaOf<E>::present;
+    const T w = T(ema_weight);
     constexpr int num_states = Rule::num_states(V);
     constexpr bool has_master = is_half<P>::value && !kStochastic;
 
@@ -55,15 +68,20 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
             if constexpr (RuleReadsGrad<Rule>::at(V)) gr = load_pack<G, kVec>(grad, g);
             Pack<float, kVec> m;
             Pack<S, kVec> a, b, c;
+            Pack<E, kVec> e;
+            if constexpr (with_ema) e = load_pack<E, kVec>(ema, g);
             if constexpr (has_master) m = load_pack<float, kVec>(master, g);
             if constexpr (num_states > 0) a = load_pack<S, kVec>(s0, g);
             if constexpr (num_states > 1) b = load_pack<S, kVec>(s1, g);
             if constexpr (num_states > 2) c = load_pack<S, kVec>(s2, g);
 #pragma unroll
-            for (int j = 0; j < kVec; ++j)
+            for (int j = 0; j < kVec; ++j) {
                 step_element<Rule, V, C, P, G, S, kStochastic>(j, p.v, gr.v, m.v, a.v, b.v, c.v, pro, k,
                                                                g * kVec + j);
+                if constexpr (with_ema) ema_element<E, T>(e.v, j, ema_source<T, has_master>(m.v, p.v, j), w);
+            }
             store_pack<P, kVec>(param, g, p);
+            if constexpr (with_ema) store_pack<E, kVec>(ema, g, e);
             if constexpr (has_master) store_pack<float, kVec>(master, g, m);
             if constexpr (num_states > 0) store_pack<S, kVec>(s0, g, a);
             if constexpr (num_states > 1) store_pack<S, kVec>(s1, g, b);
@@ -71,8 +89,36 @@ __global__ void optimizer_step_kernel(P* __restrict__ param, const G* __restrict
         }
         done = groups * kVec;
     }
-    for (long long i = done + first; i < n; i += stride)
+    for (long long i = done + first; i < n; i += stride) {
         step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
+        if constexpr (with_ema) ema_element<E, T>(ema, i, ema_source<T, has_master>(master, param, i), w);
+    }
+}
+
+// The kernels' shared leading parameters: the arrays, the prologue and the rule's scalars.
+#define FASTOPT_STEP_PARAMS                                                                                   \
+    P *__restrict__ param, const G *__restrict__ grad, float *__restrict__ master, S *__restrict__ s0,        \
+        S *__restrict__ s1, S *__restrict__ s2, long long n, bool aligned, double grad_scale,                \
+        double weight_decay, double decay_factor, unsigned int rounding_seed, double k0, double k1, double k2, \
+        double k3, double k4, double k5, double k6, double k7, double k8, double k9, double k10, double k11
+#define FASTOPT_STEP_SETUP                                                                              \
+    const double host_scalars[12] = {k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11};                 \
+    const typename Rule::template Scalars<C> k(host_scalars);                                           \
+    const fastopt::Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor), rounding_seed}
+
+template <class Rule, int V, class C, class P, class G, class S, bool kStochastic>
+__global__ void optimizer_step_kernel(FASTOPT_STEP_PARAMS) {
+    FASTOPT_STEP_SETUP;
+    step_body<Rule, V, C, P, G, S, kStochastic, NoEma>(param, grad, master, s0, s1, s2, n, aligned, pro, k,
+                                                       nullptr, 0.0);
+}
+
+// The step fused with the EMA of the weights, stored as E.
+template <class Rule, int V, class C, class P, class G, class S, bool kStochastic, class E>
+__global__ void optimizer_step_ema_kernel(FASTOPT_STEP_PARAMS, E* __restrict__ ema, double ema_weight) {
+    FASTOPT_STEP_SETUP;
+    step_body<Rule, V, C, P, G, S, kStochastic, E>(param, grad, master, s0, s1, s2, n, aligned, pro, k, ema,
+                                                   ema_weight);
 }
 
 // Sum of squares in float64, in an order fixed by n alone (the grid size is a function of n):
@@ -104,60 +150,4 @@ __global__ void sum_partials_kernel(const double* __restrict__ partial, int coun
     for (int i = threadIdx.x; i < count; i += 32) acc += partial[i];
     for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
     if (threadIdx.x == 0) *out = acc;
-}
-
-// optimizer_step_kernel followed, per element while the new parameter is in registers, by the
-// EMA of the weights (fastopt/math/ema.h): ema <- ema + w * (new - ema) in float32 (float64 for
-// a float64 EMA E), the new value being the master copy of a half param that has one.
-template <class Rule, int V, class C, class P, class G, class S, bool kStochastic, class E>
-__global__ void optimizer_step_ema_kernel(P* __restrict__ param, const G* __restrict__ grad,
-                                          float* __restrict__ master, S* __restrict__ s0,
-                                          S* __restrict__ s1, S* __restrict__ s2, long long n,
-                                          bool aligned, double grad_scale, double weight_decay,
-                                          double decay_factor, unsigned int rounding_seed, double k0, double k1,
-                                          double k2, double k3, double k4, double k5, double k6, double k7,
-                                          E* __restrict__ ema, double ema_weight) {
-    using namespace fastopt;
-    using T = typename EmaCompute<E>::type;
-    const double host_scalars[8] = {k0, k1, k2, k3, k4, k5, k6, k7};
-    const typename Rule::template Scalars<C> k(host_scalars);
-    const Prologue<C> pro{C(grad_scale), C(weight_decay), C(decay_factor), rounding_seed};
-    const T w = T(ema_weight);
-    constexpr int num_states = Rule::num_states(V);
-    constexpr bool has_master = is_half<P>::value && !kStochastic;
-
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long done = 0;
-    if (aligned) {
-        const long long groups = n / kVec;
-        for (long long g = first; g < groups; g += stride) {
-            Pack<P, kVec> p = load_pack<P, kVec>(param, g);
-            Pack<G, kVec> gr = load_pack<G, kVec>(grad, g);
-            Pack<float, kVec> m;
-            Pack<S, kVec> a, b, c;
-            Pack<E, kVec> e = load_pack<E, kVec>(ema, g);
-            if constexpr (has_master) m = load_pack<float, kVec>(master, g);
-            if constexpr (num_states > 0) a = load_pack<S, kVec>(s0, g);
-            if constexpr (num_states > 1) b = load_pack<S, kVec>(s1, g);
-            if constexpr (num_states > 2) c = load_pack<S, kVec>(s2, g);
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) {
-                step_element<Rule, V, C, P, G, S, kStochastic>(j, p.v, gr.v, m.v, a.v, b.v, c.v, pro, k,
-                                                               g * kVec + j);
-                ema_element<E, T>(e.v, j, ema_source<T, has_master>(m.v, p.v, j), w);
-            }
-            store_pack<P, kVec>(param, g, p);
-            store_pack<E, kVec>(ema, g, e);
-            if constexpr (has_master) store_pack<float, kVec>(master, g, m);
-            if constexpr (num_states > 0) store_pack<S, kVec>(s0, g, a);
-            if constexpr (num_states > 1) store_pack<S, kVec>(s1, g, b);
-            if constexpr (num_states > 2) store_pack<S, kVec>(s2, g, c);
-        }
-        done = groups * kVec;
-    }
-    for (long long i = done + first; i < n; i += stride) {
-        step_element<Rule, V, C, P, G, S, kStochastic>(i, param, grad, master, s0, s1, s2, pro, k, i);
-        ema_element<E, T>(ema, i, ema_source<T, has_master>(master, param, i), w);
-    }
 }
