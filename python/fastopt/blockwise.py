@@ -1,0 +1,152 @@
+"""Block-wise quantized optimizer states (``state_dtype="8bit"``; docs/quantized_states.md).
+
+A state array of n elements is kept as n one-byte codes and one float32 scale per block of
+BLOCK_SIZE consecutive elements (the last block may be partial). The "8bit" scheme is the
+block-wise dynamic quantization of Dettmers et al. (2021), with the same code maps as
+bitsandbytes: per block absmax = max |s|, code = the nearest entry of the map to s / absmax, and
+s = map[code] * absmax. The map is signed for states that take either sign (first moments,
+momentum buffers) and unsigned for those that never go negative (second moments, accumulators).
+
+The nearest-code search is a lookup table indexed by the float's sign, exponent and top
+LUT_MANTISSA_BITS mantissa bits, then one comparison with a midpoint: each table bucket holds at
+most one midpoint (checked when the table is built), so the search is exact. The midpoints
+are the float32 roundings of the means of neighbouring map values; x maps to code c where
+mid[c - 1] < x <= mid[c] (a tie goes to the lower code). Every backend runs this search, and
+reference() below runs it with np.searchsorted.
+"""
+import numpy as np
+
+BLOCK_SIZE = 256
+# Arrays with fewer elements keep float32 state, as bitsandbytes' min_8bit_size does: their
+# state is small, and a block scale per few elements saves little.
+MIN_QUANTIZED_SIZE = 4096
+SCHEMES = ("8bit",)
+
+# The lookup table's layout, mirrored by csrc/fastopt/math/blockwise.h (a test compares them).
+LUT_MANTISSA_BITS = 7
+LUT_SHIFT = 23 - LUT_MANTISSA_BITS
+LUT_LOW = 104 << LUT_MANTISSA_BITS       # magnitudes below 2^-23 share bucket 0
+LUT_BUCKETS = (127 << LUT_MANTISSA_BITS) - LUT_LOW + 1  # the last bucket: 1.0 and above, NaN
+
+# States that never go negative take the unsigned map; every other state the signed one.
+UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"})
+
+_F32 = np.float32
+
+
+def _linspace(start, end, steps):
+    """torch.linspace(start, end, steps, dtype=torch.float32) on the CPU: a float32 step, each
+    value start + step * i (the first half) or end - step * (steps - 1 - i), fused multiply-add."""
+    start, end = _F32(start), _F32(end)
+    step = np.float64(_F32((end - start) / _F32(steps - 1)))
+    i = np.arange(steps)
+    # The product of a float32 and a small integer is exact in float64: one rounding, as an FMA.
+    first = np.float64(start) + step * i
+    second = np.float64(end) - step * (steps - 1 - i)
+    return np.where(i < steps // 2, first, second).astype(_F32)
+
+
+def dynamic_map(signed=True, max_exponent_bits=7, total_bits=8):
+    """bitsandbytes.functional.create_dynamic_map, value for value (float32, sorted)."""
+    data = []
+    non_sign_bits = total_bits - 1
+    additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+    for i in range(max_exponent_bits):
+        items = 2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed else \
+            2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1
+        bounds = _linspace(0.1, 1, items)
+        means = (bounds[:-1] + bounds[1:]) / _F32(2)
+        scale = _F32(10.0 ** (-(max_exponent_bits - 1) + i))
+        data += (scale * means).tolist()
+        if signed:
+            data += (-scale * means).tolist()
+    if additional_items > 0:
+        bounds = _linspace(0.1, 1, additional_items + 1)
+        means = (bounds[:-1] + bounds[1:]) / _F32(2)
+        scale = _F32(10.0 ** (-(max_exponent_bits - 1) + max_exponent_bits - 1))
+        data += (scale * means).tolist()
+        if signed:
+            data += (-scale * means).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (2 ** total_bits - len(data))
+    return np.array(sorted(data), dtype=_F32)
+
+
+class CodeMap:
+    """A map and its search tables: values (256 float32, ascending), mids (the 255 midpoints and a
+    +inf sentinel) and lut (uint8, 2 * LUT_BUCKETS: the code below each bucket, by sign)."""
+
+    def __init__(self, values):
+        values = np.asarray(values, dtype=_F32)
+        if values.shape != (256,) or not np.all(np.diff(values) > 0):
+            raise ValueError("a code map has 256 strictly increasing float32 values")
+        self.values = values
+        mids = ((values[:-1].astype(np.float64) + values[1:]) / 2).astype(_F32)
+        self.mids = np.append(mids, _F32(np.inf))
+        self.lut = self._build_lut(mids)
+
+    @staticmethod
+    def _build_lut(mids):
+        b = np.arange(LUT_BUCKETS, dtype=np.int64)
+        low = np.where(b == 0, 0, (b + LUT_LOW) << LUT_SHIFT).astype(np.uint32).view(_F32)
+        high_bits = np.minimum((b + LUT_LOW + 1) << LUT_SHIFT, 0x7F800000).astype(np.uint32)
+        high = np.where(b == LUT_BUCKETS - 1, _F32(np.inf), high_bits.view(_F32))
+        # Positive x in [low, high): the code is the number of midpoints below low, plus one if
+        # x is above the one midpoint the bucket may hold. Negative x in (-high, -low]: the
+        # midpoints at or below -high, plus one if x is above the next.
+        positive = np.searchsorted(mids, low, side="left")
+        negative = np.searchsorted(mids, -high, side="right")
+        for count, lo, hi in ((positive, low, high), (negative, -high, -low)):
+            inside = np.searchsorted(mids, hi, side="right") - np.searchsorted(mids, lo, side="left")
+            if inside.max() > 1:
+                raise ValueError("a lookup bucket holds two midpoints: the map needs more mantissa bits")
+        return np.concatenate([positive, negative]).astype(np.uint8)
+
+
+SIGNED = CodeMap(dynamic_map(signed=True))
+UNSIGNED = CodeMap(dynamic_map(signed=False))
+
+
+def map_for(name):
+    """The code map of the state array called `name`."""
+    return UNSIGNED if name in UNSIGNED_STATES else SIGNED
+
+
+def num_blocks(n):
+    return -(-n // BLOCK_SIZE)
+
+
+def encode(normalized, code_map):
+    """Codes of values in [-1, 1] (float32 array): the search the kernels run, by np.searchsorted."""
+    x = np.asarray(normalized, dtype=_F32)
+    return np.searchsorted(code_map.mids[:-1], x, side="left").astype(np.uint8)
+
+
+def _block_absmax(x):
+    n = x.size
+    padded = np.zeros(num_blocks(n) * BLOCK_SIZE, dtype=x.dtype)
+    padded[:n] = np.abs(x)
+    return padded.reshape(-1, BLOCK_SIZE).max(axis=1) if n else np.zeros(0, x.dtype)
+
+
+def quantize(values, code_map):
+    """(codes, absmax) of a float array as the kernels store it: absmax per block in float32,
+    codes of float32(values) / absmax (a block of zeros keeps absmax 0 and the code of 0)."""
+    x = np.asarray(values, dtype=_F32).reshape(-1)
+    absmax = _block_absmax(x).astype(_F32)
+    scale = np.repeat(absmax, BLOCK_SIZE)[:x.size]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalized = np.where(scale == 0, _F32(0), x / np.where(scale == 0, _F32(1), scale))
+    return encode(normalized.astype(_F32), code_map), absmax
+
+
+def dequantize(codes, absmax, code_map, dtype=np.float32):
+    """The float values of (codes, absmax): map value times its block's absmax, in float32."""
+    codes = np.asarray(codes).reshape(-1)
+    scale = np.repeat(np.asarray(absmax, dtype=_F32), BLOCK_SIZE)[:codes.size]
+    return (code_map.values[codes] * scale).astype(dtype)
+
+
+def quantized(size, scheme):
+    """Whether an array of `size` elements keeps quantized state under `scheme` (None: never)."""
+    return scheme is not None and size >= MIN_QUANTIZED_SIZE
