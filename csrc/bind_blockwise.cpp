@@ -44,7 +44,7 @@ void py_blockwise_step(int optimizer, int variant, int param_dtype, int grad_dty
         if (slot.size() != 5) throw std::invalid_argument("a quantized state is (codes, absmax, values, mids, lut)");
         call.codes[j] = pointer<uint8_t>(slot[0]);
         call.absmax[j] = pointer<float>(slot[1]);
-        call.tables[j] = fastopt::CodeTables{pointer<float>(slot[2]), pointer<float>(slot[3]), pointer<uint8_t>(slot[4])};
+        call.tables[j] = fastopt::CodeTables{pointer<float>(slot[2]), pointer<float>(slot[3]), pointer<int32_t>(slot[4])};
     }
     if (scalars.size() > std::size(s.scalars)) throw std::invalid_argument("too many scalars");
     for (size_t i = 0; i < scalars.size(); ++i) s.scalars[i] = scalars[i].cast<double>();

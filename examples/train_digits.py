@@ -107,19 +107,20 @@ def softmax_cross_entropy(logits, labels, total=None):
 
 
 def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_grad_norm=5.0, verbose=True,
-          comm=None):
+          comm=None, state_dtype=None):
     """Returns (test accuracy, per-epoch mean training losses).
 
     ``comm``: an mpi4py communicator to train data-parallel; every rank draws the same global
     batches and takes its contiguous part of each (the gradients are summed, not averaged,
-    since each part's loss is already divided by the global batch size).
+    since each part's loss is already divided by the global batch size). ``state_dtype``: the
+    optimizer's (None: float32; 'bfloat16', '8bit').
     """
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     model = MLP(hidden, rng, comm)
     cls, hyper = OPTIMIZERS[optimizer]
     if comm is None:
-        opt = cls(model.params.data, **hyper)
+        opt = cls(model.params.data, state_dtype=state_dtype, **hyper)
     else:
         from fastopt.distributed import ShardedOptimizer
         opt = ShardedOptimizer(cls, model.params.data, comm, average=False, deterministic=True, **hyper)
@@ -154,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dtype", choices=["float32", "bfloat16", "8bit"], default=None,
+                        help="the optimizer state's storage (default float32)")
     parser.add_argument("--plot", metavar="PNG", help="save the training-loss curve to this file")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over MPI.COMM_WORLD (launch with mpiexec -n N python -m mpi4py ...)")
@@ -163,7 +166,8 @@ def main(argv=None):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
     start = time.perf_counter()
-    accuracy, losses = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm)
+    accuracy, losses = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm,
+                             state_dtype=args.state_dtype)
     if comm is not None and comm.rank != 0:
         return accuracy
     ranks = f" on {comm.size} ranks" if comm is not None else ""

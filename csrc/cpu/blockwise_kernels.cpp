@@ -25,6 +25,7 @@ using Rule = ::fastopt::FASTOPT_RULE;
 
 void dequantize_block(const uint8_t* __restrict__ codes, float absmax, const float* __restrict__ values,
                       float* __restrict__ out, int len) {
+#pragma omp simd
     for (int i = 0; i < len; ++i) out[i] = values[codes[i]] * absmax;
 }
 
@@ -35,7 +36,10 @@ float quantize_block(const float* __restrict__ s, int len, const CodeTables& t, 
     for (int i = 0; i < len; ++i) top = std::max(top, abs_bits(s[i]));
     const float absmax = bits_to_float(top);
     const float d = block_divisor(absmax);
-    for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, t.mids, t.lut);
+    const float* __restrict__ mids = t.mids;
+    const int32_t* __restrict__ lut = t.lut;
+#pragma omp simd
+    for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, mids, lut);
     return absmax;
 }
 

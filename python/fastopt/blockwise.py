@@ -74,7 +74,8 @@ def dynamic_map(signed=True, max_exponent_bits=7, total_bits=8):
 
 class CodeMap:
     """A map and its search tables: values (256 float32, ascending), mids (the 255 midpoints and a
-    +inf sentinel) and lut (uint8, 2 * LUT_BUCKETS: the code below each bucket, by sign)."""
+    +inf sentinel) and lut (int32, 2 * LUT_BUCKETS: the code below each bucket, by sign; int32
+    so that the kernels' vector loops gather it)."""
 
     def __init__(self, values):
         values = np.asarray(values, dtype=_F32)
@@ -100,7 +101,7 @@ class CodeMap:
             inside = np.searchsorted(mids, hi, side="right") - np.searchsorted(mids, lo, side="left")
             if inside.max() > 1:
                 raise ValueError("a lookup bucket holds two midpoints: the map needs more mantissa bits")
-        return np.concatenate([positive, negative]).astype(np.uint8)
+        return np.concatenate([positive, negative]).astype(np.int32)
 
 
 SIGNED = CodeMap(dynamic_map(signed=True))
@@ -150,3 +151,63 @@ def dequantize(codes, absmax, code_map, dtype=np.float32):
 def quantized(size, scheme):
     """Whether an array of `size` elements keeps quantized state under `scheme` (None: never)."""
     return scheme is not None and size >= MIN_QUANTIZED_SIZE
+
+
+# ---- bitsandbytes' layout -------------------------------------------------------------------------
+
+# bitsandbytes keeps a parameter's states as state1 (and state2), their block scales as absmax1
+# (absmax2) and their maps as qmap1 (qmap2); its state_dict nests them under this key.
+BNB_NESTED = "__bnb_optimizer_quant_state__"
+
+
+def _numpy(value):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def from_bitsandbytes(state, names):
+    """One parameter's bitsandbytes state as a fastopt state entry (load it with
+    ``opt.load_state_dict``): ``names`` are fastopt's names of state1, state2 (Adam:
+    ("exp_avg", "exp_avg_sq"); Lion and SGD: ("exp_avg",) / ("momentum_buffer",)).
+
+    Codes are copied when bitsandbytes' map is the one fastopt keeps for that state (Adam's and
+    AdamW's two states, Lion's, SGD's momentum: lossless); otherwise (bitsandbytes' one-state
+    RMSprop and Adagrad use the signed map for a non-negative state) the state is dequantized
+    with its map and quantized with fastopt's. 32-bit states (a small parameter) come as float32."""
+    state = dict(state)
+    state.update(state.pop(BNB_NESTED, {}))
+    entry = {"step": int(_numpy(state.get("step", 0)))}
+    quantized = False
+    for j, name in enumerate(names, 1):
+        values = _numpy(state[f"state{j}"]).reshape(-1)
+        if values.dtype != np.uint8:
+            entry[name] = values.astype(np.float32)
+            continue
+        quantized = True
+        absmax = _numpy(state[f"absmax{j}"]).astype(np.float32).reshape(-1)
+        qmap = _numpy(state[f"qmap{j}"]).astype(np.float32)
+        ours = map_for(name)
+        if qmap.shape == ours.values.shape and np.array_equal(qmap.view(np.uint32), ours.values.view(np.uint32)):
+            entry[name], entry[name + "_absmax"] = values.copy(), absmax.copy()
+        else:
+            scale = np.repeat(absmax, BLOCK_SIZE)[:values.size]
+            entry[name], entry[name + "_absmax"] = quantize(qmap[values] * scale, ours)
+    if quantized:
+        entry["quantization"] = "8bit"
+    return entry
+
+
+def to_bitsandbytes(entry, names):
+    """A fastopt state entry (from ``opt.state_dict()["state"][i]``) in bitsandbytes' layout: step,
+    state1/absmax1/qmap1 (and state2, ...) as torch tensors; float32 states as state1 (state2)."""
+    import torch
+
+    out = {"step": int(entry.get("step", 0))}
+    for j, name in enumerate(names, 1):
+        codes = _numpy(entry[name])
+        out[f"state{j}"] = torch.from_numpy(codes.copy())
+        if codes.dtype == np.uint8:
+            out[f"absmax{j}"] = torch.from_numpy(_numpy(entry[name + "_absmax"]).astype(np.float32))
+            out[f"qmap{j}"] = torch.from_numpy(map_for(name).values.copy())
+    return out

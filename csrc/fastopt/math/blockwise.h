@@ -6,6 +6,7 @@
 
 #if defined(__CUDACC_RTC__)
 typedef unsigned char uint8_t;
+typedef int int32_t;
 #endif
 
 namespace fastopt {
@@ -20,21 +21,23 @@ constexpr int kLutShift = 16;
 constexpr int kLutLow = 104 << 7;
 constexpr int kLutBuckets = (127 << 7) - kLutLow + 1;
 
-// A code map: values (256, ascending), mids (the 255 midpoints, then +inf) and the lookup table.
+// A code map: values (256, ascending), mids (the 255 midpoints, then +inf) and the lookup table
+// (int32 entries, so that vector loops can gather them).
 struct CodeTables {
     const float* values;
     const float* mids;
-    const uint8_t* lut;
+    const int32_t* lut;
 };
 
 // The code c with mids[c - 1] < x <= mids[c] (a tie goes to the lower code); NaN gives the code
 // of its bucket, which is harmless: its block's absmax is NaN too.
-FASTOPT_HD uint8_t encode_nearest(float x, const float* mids, const uint8_t* lut) {
+// Branch-free, so that loops over it vectorise (the sign of a state is unpredictable).
+FASTOPT_HD uint8_t encode_nearest(float x, const float* mids, const int32_t* lut) {
     uint32_t u = float_to_bits(x);
     int b = int((u & 0x7fffffffu) >> kLutShift) - kLutLow;
     b = b < 0 ? 0 : (b > kLutBuckets - 1 ? kLutBuckets - 1 : b);
-    uint32_t c = lut[(u >> 31) ? b + kLutBuckets : b];
-    return uint8_t(c + (x > mids[c] ? 1u : 0u));
+    int c = lut[b + int(u >> 31) * kLutBuckets];
+    return uint8_t(c + (x > mids[c] ? 1 : 0));
 }
 
 // max |s| of a block as integer bits: for floats the order of |x|'s bits is the order of |x|, and

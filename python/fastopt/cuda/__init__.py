@@ -105,4 +105,6 @@ def sum_of_squares(code, x, device=None):
     return device.to_float(out)
 
 
-__all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name"]
+from .blockwise import blockwise_step  # noqa: E402  (quantized states: blockwise.cu)
+
+__all__ = ["optimizer_step", "sum_of_squares", "blockwise_step", "all_kernel_names", "step_kernel_name"]

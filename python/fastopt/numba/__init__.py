@@ -45,7 +45,7 @@ def blockwise_step(*fields):
     pro = np.array([c.grad_scale, c.weight_decay, c.decay_factor, 0.0, 1.0], dtype=np.float32)
     slots = [tuple(slot) for slot in c.states]
     empty = (np.empty(0, np.uint8), np.empty(0, np.float32), np.empty(0, np.float32), np.empty(0, np.float32),
-             np.empty(0, np.uint8))
+             np.empty(0, np.int32))
     while len(slots) < 3:
         slots.append(empty)
     master_flat = c.master.reshape(-1) if c.master is not None else np.empty(0, np.float32)

@@ -21,7 +21,7 @@ def encode_nearest(x, mids, lut):
     u = _float_to_bits(x)
     b = np.int64(_shr(_and(u, _U(0x7FFFFFFF)), _U(LUT_SHIFT))) - LUT_LOW
     b = 0 if b < 0 else (LUT_BUCKETS - 1 if b > LUT_BUCKETS - 1 else b)
-    c = np.int64(lut[b + LUT_BUCKETS if u >= _U(0x80000000) else b])
+    c = np.int64(lut[b + np.int64(_shr(u, _U(31))) * LUT_BUCKETS])
     return np.uint8(c + 1 if x > mids[c] else c)
 
 

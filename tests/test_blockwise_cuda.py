@@ -1,0 +1,88 @@
+"""The CUDA kernel of quantized optimizer state (fastopt/cuda/blockwise.cu): every instantiation
+compiles with NVRTC for every target architecture, and runs in the emulator of the CUDA execution
+model (cuda_emulator.py) through the CUDA launcher, bit for bit against the CPU backend."""
+import shutil
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _dtypes, blockwise
+from fastopt.cuda import _nvrtc
+from fastopt.cuda import blockwise as cuda_blockwise
+
+import cuda_emulator as emu
+from conftest import random_arrays
+from test_blockwise import CASES, CASE_IDS, HALF_CASES
+
+
+def _have_nvrtc():
+    try:
+        _nvrtc._load_nvrtc()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _have_nvrtc(), reason="NVRTC not available")
+@pytest.mark.parametrize("arch", _nvrtc.TARGET_ARCHS)
+def test_every_blockwise_kernel_compiles(arch):
+    log = _nvrtc.compile_check(cuda_blockwise.SOURCE, cuda_blockwise.all_kernel_names(), arch)
+    assert "warning" not in log.lower(), log
+
+
+needs_emulator = pytest.mark.skipif(shutil.which(emu.CXX) is None or not fastopt.backends()["cpu"]["available"],
+                                    reason="needs a C++ compiler and the compiled CPU backend")
+
+
+@pytest.fixture(scope="module")
+def device():
+    sources = {cuda_blockwise.SOURCE: (_nvrtc.read_source(cuda_blockwise.SOURCE), cuda_blockwise.all_kernel_names())}
+    dev = emu.EmulatedDevice(emu.build(sources), sources=sources)
+    with emu.emulated_backend(dev):
+        yield dev
+
+
+@pytest.fixture(autouse=True)
+def quantize_small(monkeypatch):
+    monkeypatch.setattr(blockwise, "MIN_QUANTIZED_SIZE", 1)
+
+
+def _run(backend, cls, kwargs, n, steps, dtype=np.float32, **options):
+    start, grads = random_arrays(n, np.float32, 11, steps)
+    param = start.astype(dtype)
+    opt = cls(param, backend=backend, state_dtype="8bit", **kwargs, **options)
+    for g in grads:
+        opt.step(g.astype(dtype))
+    return param, opt
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(np.ascontiguousarray(a[0]).view(np.uint8), np.ascontiguousarray(b[0]).view(np.uint8))
+    for key, value in a[1].state.items():
+        if hasattr(value, "dtype"):
+            np.testing.assert_array_equal(value.view(np.uint8), b[1].state[key].view(np.uint8), err_msg=key)
+        else:
+            assert value == b[1].state[key]
+
+
+@needs_emulator
+@pytest.mark.parametrize("n", [1, 257, 1031])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_emulated_kernel_matches_cpu(device, case, n):
+    """Several grid-stride rounds (2 emulated multiprocessors: 16 thread blocks) and partial last blocks."""
+    _, cls, kwargs = CASES[case]
+    _assert_same(_run("cpu", cls, kwargs, n, 3), _run("cuda_emulated", cls, kwargs, n, 3))
+
+
+@needs_emulator
+@pytest.mark.parametrize("name, kwargs", HALF_CASES)
+@pytest.mark.parametrize("mode", ["float16-master", "bfloat16-master", "bfloat16-stochastic"])
+def test_emulated_half_params_match_cpu(device, name, kwargs, mode):
+    dtype = _dtypes.BFLOAT16 if mode.startswith("bfloat16") else np.dtype(np.float16)
+    if dtype is None:
+        pytest.skip("needs ml_dtypes")
+    options = dict(stochastic_rounding=True, seed=5) if mode.endswith("stochastic") else dict(master_weights=True)
+    cls = getattr(fastopt, name)
+    _assert_same(_run("cpu", cls, kwargs, 5000, 3, dtype, **options),
+                 _run("cuda_emulated", cls, kwargs, 5000, 3, dtype, **options))
