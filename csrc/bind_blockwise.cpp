@@ -18,6 +18,9 @@ void blockwise_step(const BlockwiseCall& call) { FASTOPT_PICK(blockwise_step(cal
 
 namespace {
 
+// KernelCall.state_code of the fp8 scheme (fastopt/_blockwise_step.py CODE_FP8).
+constexpr int kStateCodeFp8 = 17;
+
 template <class T>
 T* pointer(py::handle h) {
     return static_cast<T*>(py::reinterpret_borrow<py::array>(h).mutable_data());
@@ -54,6 +57,7 @@ void py_blockwise_step(int optimizer, int variant, int param_dtype, int grad_dty
     s.decay_factor = decay_factor;
     s.rounding_seed = rounding_seed;
     s.num_threads = num_threads();
+    call.scheme = state_dtype == kStateCodeFp8 ? kSchemeFp8 : kScheme8bit;
     py::gil_scoped_release release;
     fastopt::cpu::blockwise_step(call);
 }

@@ -113,7 +113,7 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
     ``comm``: an mpi4py communicator to train data-parallel; every rank draws the same global
     batches and takes its contiguous part of each (the gradients are summed, not averaged,
     since each part's loss is already divided by the global batch size). ``state_dtype``: the
-    optimizer's (None: float32; 'bfloat16', '8bit').
+    optimizer's (None: float32; 'bfloat16', '8bit', 'fp8').
     """
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed)
@@ -155,7 +155,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--state-dtype", choices=["float32", "bfloat16", "8bit"], default=None,
+    parser.add_argument("--state-dtype", choices=["float32", "bfloat16", "8bit", "fp8"], default=None,
                         help="the optimizer state's storage (default float32)")
     parser.add_argument("--plot", metavar="PNG", help="save the training-loss curve to this file")
     parser.add_argument("--distributed", action="store_true",

@@ -76,15 +76,32 @@ def test_state_names_take_the_right_map():
 # ---- against the float64 reference of the quantized rule --------------------------------------
 
 def _reference_codes(values, code_map):
-    """Quantize in float64: absmax and normalized values in float64, then the nearest code."""
+    """Quantize in float64: absmax, scale and normalized values in float64, then the nearest code
+    (fp8: ml_dtypes' float8_e4m3fn rounding of the float64 value, saturated at 448). Returns the
+    codes' ranks in the map's value order (what "one code apart" means for fp8's sign and
+    magnitude codes), absmax, normalized values and the sorted values."""
     v = values.reshape(-1)
     blocks = blockwise.num_blocks(v.size)
     padded = np.zeros(blocks * blockwise.BLOCK_SIZE)
     padded[:v.size] = np.abs(v)
     absmax = padded.reshape(blocks, -1).max(axis=1)
-    scale = np.repeat(np.where(absmax == 0, 1.0, absmax), blockwise.BLOCK_SIZE)[:v.size]
-    normalized = v / scale
-    return np.searchsorted(code_map.mids[:-1].astype(np.float64), normalized, side="left"), absmax, normalized
+    scale = absmax / blockwise.E4M3_MAX if code_map.fp8 else absmax
+    normalized = v / np.repeat(np.where(scale == 0, 1.0, scale), blockwise.BLOCK_SIZE)[:v.size]
+    if code_map.fp8:
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        codes = np.clip(normalized, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    else:
+        codes = np.searchsorted(code_map.mids[:-1].astype(np.float64), normalized, side="left")
+    return _ranks(codes, code_map), absmax, normalized
+
+
+def _sorted_values(code_map):
+    values = code_map.values[np.isfinite(code_map.values)].astype(np.float64)
+    return np.unique(values)  # -0 and +0 are one value
+
+
+def _ranks(codes, code_map):
+    return np.searchsorted(_sorted_values(code_map), code_map.values[codes].astype(np.float64))
 
 
 def _block_max(x):
@@ -102,7 +119,7 @@ def _hyper(name, kwargs):
     return hyper
 
 
-def check_against_quantized_reference(opt, param, grads, name, kwargs, stats):
+def check_against_quantized_reference(opt, param, grads, name, kwargs, stats, scheme="8bit"):
     """Each step starts the float64 reference from fastopt's state (its codes dequantized) and
     parameters, then compares: parameters to float32 rounding, block scales to float32
     rounding, codes equal or (where the float64 value lies within float32 rounding of a
@@ -112,7 +129,7 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats):
         ref.p = param.astype(np.float64)
         for key in ref.s:
             ref.s[key] = blockwise.dequantize(opt.state[key], opt.state[key + "_absmax"],
-                                              blockwise.map_for(key)).astype(np.float64)
+                                              blockwise.map_for(key, scheme)).astype(np.float64)
         before = ref.p.copy()
         old = {key: value.copy() for key, value in ref.s.items()}
         opt.step(g)
@@ -136,9 +153,9 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats):
             bad &= ~tie
         assert not np.any(bad), f"param off by {np.max(err - tol):.3g} beyond tolerance"
         for key, value in ref.s.items():
-            code_map = blockwise.map_for(key)
+            code_map = blockwise.map_for(key, scheme)
             codes, absmax, normalized = _reference_codes(value, code_map)
-            ours = opt.state[key].astype(np.int64)
+            ours = _ranks(opt.state[key], code_map)
             # The float32 state's error: a few roundings of the rule's terms, which can cancel
             # (momentum against a new term): terms are at most |old| + |new| per element, so
             # 1e-6 (8 float32 ulps) of the block's largest such sum bounds it.
@@ -148,10 +165,13 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats):
             diff = ours - codes
             assert np.all(np.abs(diff) <= 1), key
             off = np.nonzero(diff)[0]
-            mid = code_map.mids[np.minimum(ours[off], codes[off])].astype(np.float64)
+            table = _sorted_values(code_map)
+            low = np.minimum(ours[off], codes[off])
+            mid = (table[low] + table[low + 1]) / 2
             # Within that rounding of a midpoint, in units of the block's scale.
             block = off // blockwise.BLOCK_SIZE
-            tol = 1e-5 * np.abs(mid) + 1e-6 * terms[block] / np.where(absmax[block] == 0, 1, absmax[block])
+            unit = absmax[block] / blockwise.E4M3_MAX if code_map.fp8 else absmax[block]
+            tol = 1e-5 * np.abs(mid) + 1e-6 * terms[block] / np.where(unit == 0, 1, unit)
             assert np.all(np.abs(normalized[off] - mid) <= tol), key
             stats["codes"] += ours.size
             stats["off_by_one"] += off.size
@@ -168,6 +188,30 @@ def test_matches_quantized_reference(backend, quantize_small, case, n):
     assert opt.state.get("quantization") == ("8bit" if stats["codes"] else None)  # plain SGD keeps none
     # Codes one apart are rare: the float32 update must land within rounding of a midpoint.
     assert stats["off_by_one"] <= 1e-3 * stats["codes"] + 2, stats
+
+
+@pytest.mark.parametrize("n", [7, 257, 1031])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_fp8_matches_quantized_reference(backend, quantize_small, case, n):
+    """state_dtype="fp8": E4M3 codes of s / (absmax / 448), against the same float64 reference."""
+    name, cls, kwargs = CASES[case]
+    param, grads = random_arrays(n, np.float32, 0, STEPS)
+    opt = cls(param, backend=backend, state_dtype="fp8", **kwargs)
+    stats = dict(codes=0, off_by_one=0)
+    check_against_quantized_reference(opt, param, grads, name, kwargs, stats, scheme="fp8")
+    assert opt.state.get("quantization") == ("fp8" if stats["codes"] else None)
+    assert stats["off_by_one"] <= 1e-3 * stats["codes"] + 2, stats
+
+
+def test_e4m3_table_and_rounding_match_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    codes = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(blockwise.e4m3_values(), codes.view(ml_dtypes.float8_e4m3fn).astype(np.float32))
+    finite = blockwise.FP8.values[np.isfinite(blockwise.FP8.values)]
+    x = np.concatenate([np.linspace(-500, 500, 1_000_001, dtype=np.float32), finite,
+                        np.nextafter(finite, np.float32(1e9)), np.nextafter(finite, np.float32(-1e9))])
+    expected = np.clip(x, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    np.testing.assert_array_equal(blockwise.encode_e4m3(x), expected)
 
 
 def test_functional_api_partial_blocks(backend, quantize_small):
@@ -190,9 +234,9 @@ def test_functional_api_partial_blocks(backend, quantize_small):
 
 # ---- bit for bit ----------------------------------------------------------------------------
 
-def _run(backend, cls, kwargs, n, steps=12, dtype=np.float32, **options):
+def _run(backend, cls, kwargs, n, steps=12, dtype=np.float32, scheme="8bit", **options):
     param, grads = random_arrays(n, dtype, 3, steps)
-    opt = cls(param, backend=backend, state_dtype="8bit", **kwargs, **options)
+    opt = cls(param, backend=backend, state_dtype=scheme, **kwargs, **options)
     for g in grads:
         opt.step(g)
     return param, opt
@@ -208,15 +252,17 @@ def _assert_same(a, b):
 
 
 @pytest.mark.skipif(len(CPU_BACKENDS) < 2, reason="needs both the compiled and the Numba backend")
+@pytest.mark.parametrize("scheme", blockwise.SCHEMES)
 @pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
-def test_backends_agree_bitwise(quantize_small, case):
+def test_backends_agree_bitwise(quantize_small, case, scheme):
     _, cls, kwargs = CASES[case]
-    _assert_same(*[_run(b, cls, kwargs, 1031) for b in ("cpu", "numba")])
+    _assert_same(*[_run(b, cls, kwargs, 1031, scheme=scheme) for b in ("cpu", "numba")])
 
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="compiled extension not available")
+@pytest.mark.parametrize("scheme", blockwise.SCHEMES)
 @pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
-def test_threads_and_isa_levels_agree_bitwise(case):
+def test_threads_and_isa_levels_agree_bitwise(case, scheme):
     _, cls, kwargs = CASES[case]
     cpu = fastopt._backend.BACKENDS["cpu"].module
     order = ["baseline", "x86-64-v3", "x86-64-v4"]
@@ -228,7 +274,7 @@ def test_threads_and_isa_levels_agree_bitwise(case):
             cpu.select_isa(isa)
             for threads in (1, 3):
                 fastopt.set_num_threads(threads)
-                results.append(_run("cpu", cls, kwargs, 200003, steps=3))
+                results.append(_run("cpu", cls, kwargs, 200003, steps=3, scheme=scheme))
     finally:
         cpu.select_isa(active)
         fastopt.set_num_threads(before)

@@ -48,10 +48,10 @@ def quantize_small(monkeypatch):
     monkeypatch.setattr(blockwise, "MIN_QUANTIZED_SIZE", 1)
 
 
-def _run(backend, cls, kwargs, n, steps, dtype=np.float32, **options):
+def _run(backend, cls, kwargs, n, steps, dtype=np.float32, scheme="8bit", **options):
     start, grads = random_arrays(n, np.float32, 11, steps)
     param = start.astype(dtype)
-    opt = cls(param, backend=backend, state_dtype="8bit", **kwargs, **options)
+    opt = cls(param, backend=backend, state_dtype=scheme, **kwargs, **options)
     for g in grads:
         opt.step(g.astype(dtype))
     return param, opt
@@ -67,12 +67,13 @@ def _assert_same(a, b):
 
 
 @needs_emulator
+@pytest.mark.parametrize("scheme", blockwise.SCHEMES)
 @pytest.mark.parametrize("n", [1, 257, 1031])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
-def test_emulated_kernel_matches_cpu(device, case, n):
+def test_emulated_kernel_matches_cpu(device, case, n, scheme):
     """Several grid-stride rounds (2 emulated multiprocessors: 16 thread blocks) and partial last blocks."""
     _, cls, kwargs = CASES[case]
-    _assert_same(_run("cpu", cls, kwargs, n, 3), _run("cuda_emulated", cls, kwargs, n, 3))
+    _assert_same(_run("cpu", cls, kwargs, n, 3, scheme=scheme), _run("cuda_emulated", cls, kwargs, n, 3, scheme=scheme))
 
 
 @needs_emulator

@@ -10,12 +10,14 @@ namespace fastopt::cpu {
 
 // step holds the step's arrays and scalars as for a float32 state (its states[] are unused);
 // slot j of the rule's states is codes[j] (n bytes), absmax[j] (one float per block) and the
-// code map tables[j].
+// code map tables[j] (for fp8, tables[j].values decodes E4M3 and the search tables are unused).
+enum Scheme : int { kScheme8bit = 0, kSchemeFp8 = 1 };
 struct BlockwiseCall {
     StepCall step;
     uint8_t* codes[3];
     float* absmax[3];
     CodeTables tables[3];
+    Scheme scheme;
 };
 
 void blockwise_step(const BlockwiseCall& call);  // the active ISA level's

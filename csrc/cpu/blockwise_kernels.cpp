@@ -30,20 +30,26 @@ void dequantize_block(const uint8_t* __restrict__ codes, float absmax, const flo
 }
 
 // Returns the block's new absmax, having written its codes.
+template <bool kFp8>
 float quantize_block(const float* __restrict__ s, int len, const CodeTables& t, uint8_t* __restrict__ codes) {
     uint32_t top = 0;
 #pragma omp simd reduction(max : top)
     for (int i = 0; i < len; ++i) top = std::max(top, abs_bits(s[i]));
     const float absmax = bits_to_float(top);
-    const float d = block_divisor(absmax);
+    const float d = block_divisor(block_scale<kFp8>(absmax));
     const float* __restrict__ mids = t.mids;
     const int32_t* __restrict__ lut = t.lut;
+    if constexpr (kFp8) {
 #pragma omp simd
-    for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, mids, lut);
+        for (int i = 0; i < len; ++i) codes[i] = float_to_e4m3(s[i] / d);
+    } else {
+#pragma omp simd
+        for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, mids, lut);
+    }
     return absmax;
 }
 
-template <int V, class P, class G, bool kStochastic>
+template <int V, class P, class G, bool kStochastic, bool kFp8>
 void run_variant(const BlockwiseCall& call) {
     constexpr int num_states = Rule::num_states(V);
     const StepCall& c = call.step;
@@ -65,7 +71,8 @@ void run_variant(const BlockwiseCall& call) {
             const int64_t base = b * kQuantBlock;
             const int len = int(std::min<int64_t>(kQuantBlock, n - base));
             for (int j = 0; j < num_states; ++j)
-                dequantize_block(call.codes[j] + base, call.absmax[j][b], call.tables[j].values, s[j], len);
+                dequantize_block(call.codes[j] + base, block_scale<kFp8>(call.absmax[j][b]), call.tables[j].values,
+                                 s[j], len);
             P* p = param + base;
             const G* g = grad + base;
             float* m = master != nullptr ? master + base : nullptr;
@@ -76,19 +83,21 @@ void run_variant(const BlockwiseCall& call) {
             for (int i = 0; i < len; ++i)
                 step_element<Rule, V, float, P, G, float, kStochastic>(i, p, g, m, s0, s1, s2, pro, k, base + i);
             for (int j = 0; j < num_states; ++j)
-                call.absmax[j][b] = quantize_block(s[j], len, call.tables[j], call.codes[j] + base);
+                call.absmax[j][b] = quantize_block<kFp8>(s[j], len, call.tables[j], call.codes[j] + base);
         }
     });
 }
 
-template <class P, class G, bool kStochastic, int... Vs>
+template <class P, class G, bool kStochastic, bool kFp8, int... Vs>
 void run_types(const BlockwiseCall& call, std::integer_sequence<int, Vs...>) {
-    ((call.step.variant == Vs ? run_variant<Vs, P, G, kStochastic>(call) : void()), ...);
+    ((call.step.variant == Vs ? run_variant<Vs, P, G, kStochastic, kFp8>(call) : void()), ...);
 }
 
 template <class P, class G, bool kStochastic = false>
 void run(const BlockwiseCall& call) {
-    run_types<P, G, kStochastic>(call, std::make_integer_sequence<int, Rule::kNumVariants>{});
+    constexpr auto variants = std::make_integer_sequence<int, Rule::kNumVariants>{};
+    if (call.scheme == kSchemeFp8) run_types<P, G, kStochastic, true>(call, variants);
+    else run_types<P, G, kStochastic, false>(call, variants);
 }
 
 template <class P, bool kStochastic>

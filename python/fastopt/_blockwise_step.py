@@ -12,7 +12,8 @@ from ._checks import StepArrays
 from ._dtypes import CODE_FLOAT64, FLOAT32, UINT16, bfloat16_bits
 
 CODE_8BIT = 16  # KernelCall.state_code of block-wise 8-bit states (apart from the dtype codes)
-SCHEME_CODES = {"8bit": CODE_8BIT}
+CODE_FP8 = 17    # and of float8 E4M3 states (csrc/bind_blockwise.cpp kStateCodeFp8)
+SCHEME_CODES = {"8bit": CODE_8BIT, "fp8": CODE_FP8}
 QUANTIZED_CODES = frozenset(SCHEME_CODES.values())
 ABSMAX_SUFFIX = "_absmax"
 SCHEME_KEY = "quantization"
@@ -47,8 +48,9 @@ def state_like(param, name, value=0.0, scheme="8bit"):
     """A quantized state for `param` filled with `value`, with the code map of the state called
     `name` (unsigned for the non-negative states, blockwise.UNSIGNED_STATES)."""
     xp = _backend.array_module(_backend.array_kind(param) or "numpy")
-    codes, absmax = blockwise.quantize(np.full(param.size, value, dtype=np.float32), blockwise.map_for(name))
-    return QuantizedState(xp.asarray(codes), xp.asarray(absmax), blockwise.map_for(name), scheme)
+    code_map = blockwise.map_for(name, scheme)
+    codes, absmax = blockwise.quantize(np.full(param.size, value, dtype=np.float32), code_map)
+    return QuantizedState(xp.asarray(codes), xp.asarray(absmax), code_map, scheme)
 
 
 def step_arrays(param, grad, states, master_weights, param_dtype, grad_dtype, rounding_seed):
@@ -128,7 +130,8 @@ def resolve(state_dtype, param_code, size):
 
 
 def init_state(p, name, value):
-    codes, absmax = blockwise.quantize(np.full(p.array.size, value, dtype=np.float32), blockwise.map_for(name))
+    code_map = blockwise.map_for(name, p.state_dtype)
+    codes, absmax = blockwise.quantize(np.full(p.array.size, value, dtype=np.float32), code_map)
     p.state[name] = p.xp.asarray(codes)
     p.state[name + ABSMAX_SUFFIX] = p.xp.asarray(absmax)
     p.state[SCHEME_KEY] = p.state_dtype
@@ -137,8 +140,8 @@ def init_state(p, name, value):
 def param_states(p, names):
     """(name, QuantizedState) of parameter p's states `names`."""
     state = p.state
-    return [(n, QuantizedState(state[n], state[n + ABSMAX_SUFFIX], blockwise.map_for(n), p.state_dtype))
-            for n in names]
+    return [(n, QuantizedState(state[n], state[n + ABSMAX_SUFFIX], blockwise.map_for(n, p.state_dtype),
+                               p.state_dtype)) for n in names]
 
 
 def is_quantized(p):
@@ -151,8 +154,8 @@ def checkpoint_entry(p, entry, known, where):
     """Splits a checkpoint entry for parameter p: (the rest of the entry, the quantized arrays of
     p's state to load). The rule: a saved state is converted to p's representation. Saved codes
     (name, name_absmax, 'quantization') load as they are into a quantized p of the same scheme,
-    are dequantized to float32 for a float state, and saved float arrays are quantized
-    (the kernel's rounding, blockwise.quantize) for a quantized p."""
+    are dequantized to float32 for a float state (and requantized for the other scheme), and
+    saved float arrays are quantized (the kernel's rounding, blockwise.quantize) for a quantized p."""
     from .checkpoint import _plain
 
     entry = dict(entry)
@@ -167,7 +170,7 @@ def checkpoint_entry(p, entry, known, where):
             continue
         value = _plain(entry[name], f"{where}['{name}']")
         absmax = entry.pop(name + ABSMAX_SUFFIX, None)
-        m = blockwise.map_for(name)
+        m = blockwise.map_for(name, saved_scheme or "8bit")
         if absmax is not None or saved_scheme is not None:
             if absmax is None:
                 raise ValueError(f"{where}: quantized state '{name}' has no '{name}{ABSMAX_SUFFIX}'")
@@ -178,9 +181,14 @@ def checkpoint_entry(p, entry, known, where):
                     absmax.size != blockwise.num_blocks(n):
                 raise ValueError(f"{where}: quantized state '{name}' must be {n} uint8 codes and "
                                  f"{blockwise.num_blocks(n)} float32 block scales")
-            if target is not None:
+            if target == (saved_scheme or "8bit"):
                 quantized[name] = codes.reshape(-1)
                 quantized[name + ABSMAX_SUFFIX] = absmax.reshape(-1)
+                del entry[name]
+            elif target is not None:
+                values = blockwise.dequantize(codes, absmax, m)
+                quantized[name], quantized[name + ABSMAX_SUFFIX] = blockwise.quantize(
+                    values, blockwise.map_for(name, target))
                 del entry[name]
             else:
                 values = blockwise.dequantize(codes, absmax, m)
@@ -190,7 +198,7 @@ def checkpoint_entry(p, entry, known, where):
             values = _host(value).astype(np.float32).reshape(-1)
             if values.size != n:
                 raise ValueError(f"{where}: state '{name}' has {values.size} elements; expected {n}")
-            codes, absmax = blockwise.quantize(values, m)
+            codes, absmax = blockwise.quantize(values, blockwise.map_for(name, target))
             quantized[name], quantized[name + ABSMAX_SUFFIX] = codes, absmax
             del entry[name]
     if target is not None:

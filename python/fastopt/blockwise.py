@@ -20,7 +20,8 @@ BLOCK_SIZE = 256
 # Arrays with fewer elements keep float32 state, as bitsandbytes' min_8bit_size does: their
 # state is small, and a block scale per few elements saves little.
 MIN_QUANTIZED_SIZE = 4096
-SCHEMES = ("8bit",)
+SCHEMES = ("8bit", "fp8")
+E4M3_MAX = 448.0  # the largest finite float8 E4M3 value: an fp8 block's scale is absmax / E4M3_MAX
 
 # The lookup table's layout, mirrored by csrc/fastopt/math/blockwise.h (a test compares them).
 LUT_MANTISSA_BITS = 7
@@ -108,9 +109,52 @@ SIGNED = CodeMap(dynamic_map(signed=True))
 UNSIGNED = CodeMap(dynamic_map(signed=False))
 
 
-def map_for(name):
-    """The code map of the state array called `name`."""
+def e4m3_values():
+    """The float32 value of each float8 E4M3 code (OCP FP8 E4M3FN: bias 7, no infinity, 0x7f and
+    0xff are NaN), decoded from the bits."""
+    c = np.arange(256, dtype=np.uint32)
+    e, m = (c >> 3) & 0xF, c & 7
+    magnitude = np.where(e == 0, m.astype(np.float32) * np.float32(2.0 ** -9),
+                         ((e + 120) << 23 | m << 20).astype(np.uint32).view(np.float32))
+    values = np.where(c & 0x80, -magnitude, magnitude).astype(np.float32)
+    values[(c & 0x7F) == 0x7F] = np.nan
+    return values
+
+
+class Fp8Map:
+    """The fp8 scheme's table: values decodes a code; encoding is arithmetic (encode_e4m3), so
+    mids and lut are placeholders the kernels do not read."""
+
+    fp8 = True
+
+    def __init__(self):
+        self.values = e4m3_values()
+        self.mids = np.zeros(1, np.float32)
+        self.lut = np.zeros(1, np.int32)
+
+
+CodeMap.fp8 = False
+FP8 = Fp8Map()
+
+
+def map_for(name, scheme="8bit"):
+    """The code map of the state array called `name` under `scheme`."""
+    if scheme == "fp8":
+        return FP8
     return UNSIGNED if name in UNSIGNED_STATES else SIGNED
+
+
+def encode_e4m3(x):
+    """float32 -> E4M3 codes, round to nearest even, saturating at +-448, NaN to 0x7f (with sign):
+    the integer algorithm of blockwise.h float_to_e4m3."""
+    u = np.asarray(x, dtype=_F32).view(np.uint32)
+    a = u & np.uint32(0x7FFFFFFF)
+    tiny = (np.abs(np.asarray(x, dtype=_F32)) + _F32(16384.0)).view(np.uint32) - np.uint32(0x46800000)
+    normal = ((a + np.uint32(0x7FFFF) + ((a >> 20) & 1)) >> 20) - np.uint32(120 << 3)
+    code = np.where(a < 0x3C800000, tiny, normal)
+    code = np.where(a >= 0x43E00000, 0x7E, code)
+    code = np.where(a > 0x7F800000, 0x7F, code)
+    return (code | ((u >> 24) & 0x80)).astype(np.uint8)
 
 
 def num_blocks(n):
@@ -130,21 +174,28 @@ def _block_absmax(x):
     return padded.reshape(-1, BLOCK_SIZE).max(axis=1) if n else np.zeros(0, x.dtype)
 
 
+def block_scale(absmax, code_map):
+    """The factor of a block's codes: absmax, or absmax / 448 (in float32) for fp8."""
+    absmax = np.asarray(absmax, dtype=_F32)
+    return absmax / _F32(E4M3_MAX) if code_map.fp8 else absmax
+
+
 def quantize(values, code_map):
     """(codes, absmax) of a float array as the kernels store it: absmax per block in float32,
-    codes of float32(values) / absmax (a block of zeros keeps absmax 0 and the code of 0)."""
+    codes of float32(values) / scale (a block of zeros keeps absmax 0 and the code of 0)."""
     x = np.asarray(values, dtype=_F32).reshape(-1)
     absmax = _block_absmax(x).astype(_F32)
-    scale = np.repeat(absmax, BLOCK_SIZE)[:x.size]
+    scale = np.repeat(block_scale(absmax, code_map), BLOCK_SIZE)[:x.size]
     with np.errstate(invalid="ignore", divide="ignore"):
-        normalized = np.where(scale == 0, _F32(0), x / np.where(scale == 0, _F32(1), scale))
-    return encode(normalized.astype(_F32), code_map), absmax
+        normalized = (x / np.where(scale > 0, scale, _F32(1))).astype(_F32)
+    codes = encode_e4m3(normalized) if code_map.fp8 else encode(normalized, code_map)
+    return codes, absmax
 
 
 def dequantize(codes, absmax, code_map, dtype=np.float32):
-    """The float values of (codes, absmax): map value times its block's absmax, in float32."""
+    """The float values of (codes, absmax): the code's value times its block's scale, in float32."""
     codes = np.asarray(codes).reshape(-1)
-    scale = np.repeat(np.asarray(absmax, dtype=_F32), BLOCK_SIZE)[:codes.size]
+    scale = np.repeat(block_scale(absmax, code_map), BLOCK_SIZE)[:codes.size]
     return (code_map.values[codes] * scale).astype(dtype)
 
 

@@ -40,12 +40,34 @@ FASTOPT_HD uint8_t encode_nearest(float x, const float* mids, const int32_t* lut
     return uint8_t(c + (x > mids[c] ? 1 : 0));
 }
 
+// The "fp8" scheme: E4M3 codes (4 exponent bits, bias 7, 3 mantissa bits, no infinity, largest
+// finite 448) of s / scale, scale = absmax / 448 per block; decoding is a 256-entry table like
+// the dynamic map's. Round to nearest even, saturating at +-448; NaN stays NaN (0x7f).
+constexpr float kE4M3Max = 448.0f;
+
+FASTOPT_HD uint8_t float_to_e4m3(float x) {
+    const uint32_t u = float_to_bits(x);
+    const uint32_t a = u & 0x7fffffffu;
+    // Below 2^-6 (subnormal codes, steps of 2^-9): adding 2^14, whose ulp is 2^-9, rounds to
+    // nearest even there; the low bits are the code (8 when it rounds up to the smallest normal).
+    const uint32_t tiny = float_to_bits(bits_to_float(a) + 16384.0f) - 0x46800000u;
+    // Normal codes: round the 20 dropped mantissa bits to nearest even, rebias 127 -> 7.
+    const uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
+    uint32_t code = a < 0x3c800000u ? tiny : normal;
+    code = a >= 0x43e00000u ? 0x7eu : code;  // 448 and above (rounding may exceed it): 448
+    code = a > 0x7f800000u ? 0x7fu : code;
+    return uint8_t(code | ((u >> 24) & 0x80u));
+}
+
+// The factor a block's codes are multiplied by: absmax itself, or absmax / 448 for fp8.
+template <bool kFp8> FASTOPT_HD float block_scale(float absmax) { return kFp8 ? absmax / kE4M3Max : absmax; }
+
 // max |s| of a block as integer bits: for floats the order of |x|'s bits is the order of |x|, and
 // an integer max is associative, so the result (a NaN included) does not depend on the order.
 FASTOPT_HD uint32_t abs_bits(float x) { return float_to_bits(x) & 0x7fffffffu; }
 
 // The divisor of a block's values: a zero block keeps absmax 0 and divides by 1 (its codes are
 // those of 0); a NaN absmax gives NaN values whatever the codes.
-FASTOPT_HD float block_divisor(float absmax) { return absmax > 0.0f ? absmax : 1.0f; }
+FASTOPT_HD float block_divisor(float scale) { return scale > 0.0f ? scale : 1.0f; }
 
 }  // namespace fastopt

@@ -6,7 +6,7 @@
 #include "fastopt/math/all.h"
 #include "fastopt/math/blockwise.h"
 
-template <class Rule, int V, class P, class G, bool kStochastic>
+template <class Rule, int V, class P, class G, bool kStochastic, bool kFp8>
 __global__ void __launch_bounds__(256)
 blockwise_step_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ master,
                       uint8_t* __restrict__ c0, float* __restrict__ a0, uint8_t* __restrict__ c1,
@@ -32,7 +32,7 @@ blockwise_step_kernel(P* __restrict__ param, const G* __restrict__ grad, float* 
         float s[3] = {0.0f, 0.0f, 0.0f};
         if (live) {
 #pragma unroll
-            for (int j = 0; j < num_states; ++j) s[j] = tables[j].values[codes[j][i]] * absmax[j][b];
+            for (int j = 0; j < num_states; ++j) s[j] = tables[j].values[codes[j][i]] * block_scale<kFp8>(absmax[j][b]);
             // master is param's pointer when unused: step_element never reads it then.
             step_element<Rule, V, float, P, G, float, kStochastic>(0, param + i, grad + i, master + i, &s[0], &s[1],
                                                                    &s[2], pro, k, i);
@@ -52,7 +52,8 @@ blockwise_step_kernel(P* __restrict__ param, const G* __restrict__ grad, float* 
             uint32_t top = 0u;
             for (int w = 0; w < kQuantBlock / 32; ++w) top = warp_max[j][w] > top ? warp_max[j][w] : top;
             const float amax = bits_to_float(top);
-            if (live) codes[j][i] = encode_nearest(s[j] / block_divisor(amax), tables[j].mids, tables[j].lut);
+            const float d = block_divisor(block_scale<kFp8>(amax));
+            if (live) codes[j][i] = kFp8 ? float_to_e4m3(s[j] / d) : encode_nearest(s[j] / d, tables[j].mids, tables[j].lut);
             if (threadIdx.x == 0) absmax[j][b] = amax;
         }
         __syncthreads();  // warp_max is reused by the next block

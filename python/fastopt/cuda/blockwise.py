@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import blockwise as _bw
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32
+from .._blockwise_step import CODE_FP8
 from .._kernel_call import KernelCall
 from ..rules import NUM_VARIANTS, RULE_NAMES
 from ._loader import CupyDevice
@@ -17,16 +18,16 @@ COMBINATIONS = ((CODE_FLOAT32, CODE_FLOAT32), (CODE_FLOAT16, CODE_FLOAT16), (COD
                 (CODE_BFLOAT16, CODE_BFLOAT16), (CODE_BFLOAT16, CODE_FLOAT32))
 
 
-def kernel_name(rule, variant, param_code, grad_code, stochastic=False):
-    flag = "true" if stochastic else "false"
+def kernel_name(rule, variant, param_code, grad_code, stochastic=False, fp8=False):
+    flags = ", ".join("true" if f else "false" for f in (stochastic, fp8))
     return (f"blockwise_step_kernel<fastopt::{RULE_NAMES[rule]}, {variant}, {_TYPES[param_code]}, "
-            f"{_TYPES[grad_code]}, {flag}>")
+            f"{_TYPES[grad_code]}, {flags}>")
 
 
 def all_kernel_names():
-    return [kernel_name(rule, v, p, g, stochastic)
+    return [kernel_name(rule, v, p, g, stochastic, fp8)
             for rule in range(len(RULE_NAMES)) for v in range(NUM_VARIANTS[rule]) for p, g in COMBINATIONS
-            for stochastic in ((False, True) if p == CODE_BFLOAT16 else (False,))]
+            for stochastic in ((False, True) if p == CODE_BFLOAT16 else (False,)) for fp8 in (False, True)]
 
 
 def blockwise_step(*fields, device=None):
@@ -37,7 +38,7 @@ def blockwise_step(*fields, device=None):
         return
     device = CupyDevice(c.param) if device is None else device
     stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
-    name = kernel_name(c.rule, c.variant, c.param_code, c.grad_code, stochastic)
+    name = kernel_name(c.rule, c.variant, c.param_code, c.grad_code, stochastic, c.state_code == CODE_FP8)
     # Unused slots get param's pointer: the kernel never dereferences them.
     slots = [tuple(s) for s in c.states] + [(c.param,) * 5] * (3 - len(c.states))
     k = list(c.scalars) + [0.0] * (NUM_RULE_SCALARS - len(c.scalars))

@@ -38,6 +38,7 @@ def optimizer_step(*fields):
 
 def blockwise_step(*fields):
     """One KernelCall with quantized states (fastopt._blockwise_step), given positionally."""
+    from .. import _blockwise_step
     from . import blockwise
 
     c = KernelCall(*fields)
@@ -51,7 +52,7 @@ def blockwise_step(*fields):
     master_flat = c.master.reshape(-1) if c.master is not None else np.empty(0, np.float32)
     stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
     kernel = blockwise.kernel_for(c.rule, c.param.size, c.variant, len(c.states), c.master is not None,
-                                  c.param_code, c.grad_code, stochastic)
+                                  c.param_code, c.grad_code, stochastic, c.state_code == _blockwise_step.CODE_FP8)
     kernel(_storage(c.param, c.param_code), _storage(c.grad, c.grad_code), master_flat,
            *[a for slot in slots for a in slot], k, pro, np.uint32(c.rounding_seed))
 

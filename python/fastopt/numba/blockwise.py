@@ -7,8 +7,8 @@ from numba import njit, prange
 
 from .. import blockwise as _bw
 from ..rules import RULES
-from .math import _and, _float_to_bits, _shr, _U, element_random, float_to_bf16_stochastic, store, update_for, widen
-from .math import _bits_to_float
+from .math import _add, _and, _float_to_bits, _or, _shr, _sub, _U, element_random, float_to_bf16_stochastic, store
+from .math import _bits_to_float, update_for, widen
 from .optim import runs_parallel
 
 BLOCK = _bw.BLOCK_SIZE
@@ -26,26 +26,46 @@ def encode_nearest(x, mids, lut):
 
 
 @njit(inline="always")
+def float_to_e4m3(x):
+    u = _float_to_bits(x)
+    a = _and(u, _U(0x7FFFFFFF))
+    tiny = _sub(_float_to_bits(_bits_to_float(a) + np.float32(16384.0)), _U(0x46800000))
+    normal = _sub(_shr(_add(_add(a, _U(0x7FFFF)), _and(_shr(a, _U(20)), _U(1))), _U(20)), _U(120 << 3))
+    code = tiny if a < _U(0x3C800000) else normal
+    if a >= _U(0x43E00000):
+        code = _U(0x7E)
+    if a > _U(0x7F800000):
+        code = _U(0x7F)
+    return np.uint8(_or(code, _and(_shr(u, _U(24)), _U(0x80))))
+
+
+@njit(inline="always")
+def block_scale(absmax, fp8):
+    return absmax / np.float32(_bw.E4M3_MAX) if fp8 else absmax
+
+
+@njit(inline="always")
 def dequantize_block(codes, base, length, absmax, values, out):
     for i in range(length):
         out[i] = values[codes[base + i]] * absmax
 
 
 @njit(inline="always")
-def quantize_block(s, length, codes, base, mids, lut):
+def quantize_block(s, length, codes, base, mids, lut, fp8):
     top = _U(0)
     for i in range(length):
         bits = _and(_float_to_bits(s[i]), _U(0x7FFFFFFF))
         if bits > top:
             top = bits
     absmax = _bits_to_float(top)
-    d = absmax if absmax > np.float32(0) else np.float32(1)
+    scale = block_scale(absmax, fp8)
+    d = scale if scale > np.float32(0) else np.float32(1)
     for i in range(length):
-        codes[base + i] = encode_nearest(s[i] / d, mids, lut)
+        codes[base + i] = float_to_e4m3(s[i] / d) if fp8 else encode_nearest(s[i] / d, mids, lut)
     return absmax
 
 
-def _make_loop(update, variant, num_states, has_master, param_code, grad_code, stochastic):
+def _make_loop(update, variant, num_states, has_master, param_code, grad_code, stochastic, fp8):
     def kernel(param, grad, master, c0, a0, v0, m0, l0, c1, a1, v1, m1, l1, c2, a2, v2, m2, l2, k, pro,
                rounding_seed):
         zero = pro[3]
@@ -55,11 +75,11 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
             length = min(BLOCK, n - base)
             s = np.empty((3, BLOCK), np.float32)
             if num_states > 0:
-                dequantize_block(c0, base, length, a0[blk], v0, s[0])
+                dequantize_block(c0, base, length, block_scale(a0[blk], fp8), v0, s[0])
             if num_states > 1:
-                dequantize_block(c1, base, length, a1[blk], v1, s[1])
+                dequantize_block(c1, base, length, block_scale(a1[blk], fp8), v1, s[1])
             if num_states > 2:
-                dequantize_block(c2, base, length, a2[blk], v2, s[2])
+                dequantize_block(c2, base, length, block_scale(a2[blk], fp8), v2, s[2])
             for j in range(length):
                 i = base + j
                 p = master[i] if has_master else widen(param[i], param_code)
@@ -79,11 +99,11 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
                     store(param, i, p, param_code)
                 s[0, j], s[1, j], s[2, j] = a, b, c
             if num_states > 0:
-                a0[blk] = quantize_block(s[0], length, c0, base, m0, l0)
+                a0[blk] = quantize_block(s[0], length, c0, base, m0, l0, fp8)
             if num_states > 1:
-                a1[blk] = quantize_block(s[1], length, c1, base, m1, l1)
+                a1[blk] = quantize_block(s[1], length, c1, base, m1, l1, fp8)
             if num_states > 2:
-                a2[blk] = quantize_block(s[2], length, c2, base, m2, l2)
+                a2[blk] = quantize_block(s[2], length, c2, base, m2, l2, fp8)
 
     return kernel
 
