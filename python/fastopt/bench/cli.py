@@ -26,7 +26,7 @@ def parser():
     p.add_argument("--markdown", metavar="PATH", help="write the result tables as Markdown")
     p.add_argument("--only", metavar="NAMES", help="comma-separated words: optimizer names (Adam, SGD ...), "
                    "'optimizers', 'models', model names (resnet50, gpt2), 'clip', 'batchnorm', 'bnfused' (BN+ReLU, "
-                   "BN+add+ReLU only), 'overhead', "
+                   "BN+add+ReLU only), 'overhead', 'quantized' (8-bit and fp8 optimizer state), "
                    "'training' (whole training steps, quiet and beside busy processes: only when named)")
     p.add_argument("--threads", metavar="N", type=_int_list,
                    help="thread counts to measure, e.g. 1,2 (default: 1 and all)")
@@ -41,7 +41,8 @@ def only_words():
     and the workload groups."""
     from . import workloads
 
-    words = {"optimizers", "models", "clip", "batchnorm", "bn", "bnfused", "overhead", "lists", "training"}
+    words = {"optimizers", "models", "clip", "batchnorm", "bn", "bnfused", "overhead", "lists", "training",
+             "quantized", "8bit"}
     words |= {spec.name.lower() for spec in workloads.OPTIMIZERS}
     for model in workloads.MODELS:
         words |= {model.name.lower(), model.name.lower().split("-")[0]}
