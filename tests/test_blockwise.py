@@ -447,3 +447,27 @@ def test_bitsandbytes_state_converts_both_ways(bnb_name, ours, names):
     opt.step()
     other.step()
     assert torch.equal(p, twin)
+
+
+# ---- the benchmark rows ----------------------------------------------------------------------------
+
+def test_bench_rows_say_what_was_measured():
+    """The harness's quantized-state rows (timings are not asserted): every workload, its byte
+    pattern, the limit, the state bytes per parameter and the ratio to torch's fused Adam."""
+    pytest.importorskip("fastopt._cpu")
+    from fastopt.bench import quantized
+    from fastopt.bench.runner import Config, Run
+
+    run = Run(Config(quick=True, only="quantized", threads=[1], repeats=1, backends=["cpu"], stream=None))
+    quantized.task(run, 1, n=8192, schemes=("8bit", "fp8"))
+    rows = [r for r in run.records if "skipped" not in r]
+    mine = [r for r in rows if r["impl"] in ("fastopt[cpu] 8bit", "fastopt[cpu] fp8")]
+    assert {r["workload"].split(" n=")[0] for r in mine} == {w[0] for w in quantized.WORKLOADS}
+    for r in mine:
+        states = 1 if "Lion" in r["workload"] else 2
+        param_bytes = 2 if "bf16" in r["workload"] else 4
+        assert r["bytes_per_element"] == 3 * param_bytes + 2 * states
+        assert r["state_bytes_per_param"] == pytest.approx(states * (1 + 4 / 256))
+        assert 0 < r["fraction_of_limit"] and r["limit_seconds"] > 0
+    if any(r["impl"].startswith("torch-fused") for r in rows):
+        assert all("speedup_vs_torch_fused_adam" in r for r in mine)

@@ -23,10 +23,16 @@ namespace {
 
 using Rule = ::fastopt::FASTOPT_RULE;
 
-void dequantize_block(const uint8_t* __restrict__ codes, float absmax, const float* __restrict__ values,
+template <bool kFp8>
+void dequantize_block(const uint8_t* __restrict__ codes, float scale, const float* __restrict__ values,
                       float* __restrict__ out, int len) {
+    if constexpr (kFp8) {
 #pragma omp simd
-    for (int i = 0; i < len; ++i) out[i] = values[codes[i]] * absmax;
+        for (int i = 0; i < len; ++i) out[i] = e4m3_to_float(codes[i]) * scale;
+    } else {
+#pragma omp simd
+        for (int i = 0; i < len; ++i) out[i] = values[codes[i]] * scale;
+    }
 }
 
 // Returns the block's new absmax, having written its codes.
@@ -71,7 +77,7 @@ void run_variant(const BlockwiseCall& call) {
             const int64_t base = b * kQuantBlock;
             const int len = int(std::min<int64_t>(kQuantBlock, n - base));
             for (int j = 0; j < num_states; ++j)
-                dequantize_block(call.codes[j] + base, block_scale<kFp8>(call.absmax[j][b]), call.tables[j].values,
+                dequantize_block<kFp8>(call.codes[j] + base, block_scale<kFp8>(call.absmax[j][b]), call.tables[j].values,
                                  s[j], len);
             P* p = param + base;
             const G* g = grad + base;

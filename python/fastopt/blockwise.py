@@ -262,3 +262,21 @@ def to_bitsandbytes(entry, names):
             out[f"absmax{j}"] = torch.from_numpy(_numpy(entry[name + "_absmax"]).astype(np.float32))
             out[f"qmap{j}"] = torch.from_numpy(map_for(name).values.copy())
     return out
+
+
+# ---- the functional API's state arrays ----------------------------------------------------------
+
+def state_like(param, name, value=0.0, scheme="8bit"):
+    """A quantized state array for ``param`` (a QuantizedState), filled with ``value``, with the
+    code map of the state called ``name``: pass it where a functional entry point takes that state."""
+    from ._blockwise_step import state_like as make
+
+    return make(param, name, value, scheme)
+
+
+def __getattr__(name):
+    if name == "QuantizedState":  # defined beside the step's checks, which import this module
+        from ._blockwise_step import QuantizedState
+
+        return QuantizedState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

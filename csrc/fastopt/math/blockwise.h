@@ -59,6 +59,19 @@ FASTOPT_HD uint8_t float_to_e4m3(float x) {
     return uint8_t(code | ((u >> 24) & 0x80u));
 }
 
+// The value of an E4M3 code, from its bits (the same values as the decoding table, which the
+// tests hold to ml_dtypes): no table lookup, so vector loops need no gather. Normal codes shift
+// into float32 position and rebias 7 -> 127; subnormal ones are mantissa * 2^-9, exact.
+FASTOPT_HD float e4m3_to_float(uint8_t code) {
+    const uint32_t c = code;
+    const uint32_t magnitude = c & 0x7fu;
+    const float tiny = float(int(c & 7u)) * 0.001953125f;  // 2^-9
+    const float normal = bits_to_float((magnitude << 20) + (120u << 23));
+    const float value = magnitude < 8u ? tiny : normal;
+    const float signed_value = bits_to_float(float_to_bits(value) | ((c & 0x80u) << 24));
+    return magnitude == 0x7fu ? bits_to_float(0x7fc00000u | ((c & 0x80u) << 24)) : signed_value;
+}
+
 // The factor a block's codes are multiplied by: absmax itself, or absmax / 448 for fp8.
 template <bool kFp8> FASTOPT_HD float block_scale(float absmax) { return kFp8 ? absmax / kE4M3Max : absmax; }
 
