@@ -471,3 +471,52 @@ def test_bench_rows_say_what_was_measured():
         assert 0 < r["fraction_of_limit"] and r["limit_seconds"] > 0
     if any(r["impl"].startswith("torch-fused") for r in rows):
         assert all("speedup_vs_torch_fused_adam" in r for r in mine)
+
+
+def test_checkpoint_files_and_scheme_conversion(tmp_path):
+    """fastopt.save / load keep codes, scales and the scheme; an fp8 checkpoint loads into an
+    8-bit optimizer (dequantized, requantized) and the other way."""
+    start, grads = random_arrays(5000, np.float32, 6, 3)
+    opt = fastopt.AdamW(start.copy(), lr=0.01, state_dtype="fp8")
+    for g in grads:
+        opt.step(g)
+    path = tmp_path / "opt.fastopt"
+    fastopt.save(opt, path)
+    same = fastopt.AdamW(start.copy(), lr=0.01, state_dtype="fp8")
+    fastopt.load(same, path)
+    assert same.state["quantization"] == "fp8"
+    for key in ("exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax"):
+        np.testing.assert_array_equal(same.state[key], opt.state[key])
+    other = fastopt.AdamW(start.copy(), lr=0.01, state_dtype="8bit")
+    other.load_state_dict(opt.state_dict())
+    assert other.state["quantization"] == "8bit"
+    for key in ("exp_avg", "exp_avg_sq"):
+        fp8 = blockwise.dequantize(opt.state[key], opt.state[key + "_absmax"], blockwise.FP8)
+        eight = blockwise.dequantize(other.state[key], other.state[key + "_absmax"], blockwise.map_for(key))
+        np.testing.assert_array_equal(other.state[key], blockwise.quantize(fp8, blockwise.map_for(key))[0])
+        # Requantized: within the 8-bit map's widest gap (0.7% of a block's absmax).
+        scale = np.repeat(opt.state[key + "_absmax"], 256)[:5000]
+        assert np.all(np.abs(eight - fp8) <= 0.0071 * scale)
+
+
+def test_list_steps_and_groups_match_one_array_each(backend):
+    """A list of arrays in two groups (the reused step plan included) gives each array the bits of
+    its own one-array optimizer; small arrays keep float32 state beside quantized ones."""
+    sizes = [5000, 100, 9000]
+    starts = [random_arrays(n, np.float32, 20 + j, 1)[0] for j, n in enumerate(sizes)]
+    grads = [[random_arrays(n, np.float32, 30 + j + 10 * t, 1)[0] for j, n in enumerate(sizes)] for t in range(4)]
+    params = [s.copy() for s in starts]
+    opt = fastopt.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.003}], lr=0.01, backend=backend,
+                       state_dtype="8bit")
+    fixed = [g.copy() for g in grads[0]]
+    for t in range(4):
+        for j in range(3):
+            fixed[j][...] = grads[t][j]  # the same gradient arrays: the plan is reused
+        opt.step(fixed)
+    for j, n in enumerate(sizes):
+        alone = starts[j].copy()
+        single = fastopt.Adam(alone, lr=0.003 if j == 2 else 0.01, backend=backend, state_dtype="8bit")
+        for t in range(4):
+            single.step(grads[t][j])
+        np.testing.assert_array_equal(params[j], alone)
+        assert (opt.state[j].get("quantization") == "8bit") == (n >= blockwise.MIN_QUANTIZED_SIZE)
