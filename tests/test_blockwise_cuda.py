@@ -87,3 +87,34 @@ def test_emulated_half_params_match_cpu(device, name, kwargs, mode):
     cls = getattr(fastopt, name)
     _assert_same(_run("cpu", cls, kwargs, 5000, 3, dtype, **options),
                  _run("cuda_emulated", cls, kwargs, 5000, 3, dtype, **options))
+
+
+# ---- the emulated tests can fail ---------------------------------------------------------------
+
+ADAM_NAMES = [cuda_blockwise.kernel_name(fastopt.rules.BY_NAME["Adam"].ID, 0, _dtypes.CODE_FLOAT32,
+                                         _dtypes.CODE_FLOAT32, False, fp8) for fp8 in (False, True)]
+MUTATIONS = [
+    # A warp's max over half its lanes: some blocks get a smaller absmax.
+    ("for (int offset = 16; offset > 0; offset /= 2) {", "for (int offset = 8; offset > 0; offset /= 2) {", 0,
+     "8bit"),
+    # No barrier between the warps' partial maxima and their reduction.
+    ("        __syncthreads();\n#pragma unroll", "\n#pragma unroll", 0, "8bit"),
+    # fp8 codes read back with absmax instead of absmax / 448.
+    ("* block_scale<kFp8>(absmax[j][b])", "* absmax[j][b]", 0, "fp8"),
+]
+
+
+@needs_emulator
+@pytest.mark.parametrize("old, new, occurrence, scheme", MUTATIONS, ids=["half-warp-max", "no-barrier", "fp8-scale"])
+def test_a_broken_kernel_disagrees_with_the_cpu(old, new, occurrence, scheme):
+    text = _nvrtc.read_source(cuda_blockwise.SOURCE)
+    at = -1
+    for _ in range(occurrence + 1):
+        at = text.index(old, at + 1)  # a mutation that no longer applies fails here
+    sources = {cuda_blockwise.SOURCE: (text[:at] + new + text[at + len(old):], ADAM_NAMES)}
+    dev = emu.EmulatedDevice(emu.build(sources, chunks=1), sources=sources)
+    with emu.emulated_backend(dev):
+        cpu = _run("cpu", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
+        gpu = _run("cuda_emulated", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
+    with pytest.raises(AssertionError):
+        _assert_same(cpu, gpu)
