@@ -50,10 +50,17 @@ def test_lookup_search_is_the_nearest_code(code_map):
     def search_all(x, mids, lut):
         out = np.empty(x.size, np.uint8)
         for i in range(x.size):
-            out[i] = numba_bw.encode_nearest(x[i], mids, lut)
+            out[i] = numba_bw.encode_nearest(x[i], lut)
         return out
 
     np.testing.assert_array_equal(search_all(x, code_map.mids, code_map.lut), blockwise.encode(x, code_map))
+    # Every float32 of [-1, 1] whose top 16 bits hold a midpoint (the buckets where the comparison
+    # decides), in full: 2^16 values per such bucket.
+    keys = np.unique(np.abs(mids).view(np.uint32) >> blockwise.LUT_SHIFT)
+    low = np.arange(1 << 16, dtype=np.uint32)
+    dense = ((keys[:, None] << blockwise.LUT_SHIFT) | low[None, :]).reshape(-1).view(np.float32)
+    dense = np.concatenate([dense, -dense])
+    np.testing.assert_array_equal(search_all(dense, code_map.mids, code_map.lut), blockwise.encode(dense, code_map))
     # Nearest: the distance to the chosen value is never above the distance to a neighbour.
     codes = blockwise.encode(x, code_map).astype(np.int64)
     chosen = np.abs(code_map.values[codes].astype(np.float64) - x)

@@ -113,8 +113,13 @@ def test_a_broken_kernel_disagrees_with_the_cpu(old, new, occurrence, scheme):
         at = text.index(old, at + 1)  # a mutation that no longer applies fails here
     sources = {cuda_blockwise.SOURCE: (text[:at] + new + text[at + len(old):], ADAM_NAMES)}
     dev = emu.EmulatedDevice(emu.build(sources, chunks=1), sources=sources)
-    with emu.emulated_backend(dev):
-        cpu = _run("cpu", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
-        gpu = _run("cuda_emulated", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
+    shipped = fastopt._backend.BACKENDS.get("cuda_emulated")  # the module's device, if set up
+    try:
+        with emu.emulated_backend(dev):
+            cpu = _run("cpu", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
+            gpu = _run("cuda_emulated", fastopt.Adam, dict(lr=0.01), 1031, 2, scheme=scheme)
+    finally:
+        if shipped is not None:
+            fastopt._backend.BACKENDS["cuda_emulated"] = shipped
     with pytest.raises(AssertionError):
         _assert_same(cpu, gpu)

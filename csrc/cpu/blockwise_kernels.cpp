@@ -43,14 +43,13 @@ float quantize_block(const float* __restrict__ s, int len, const CodeTables& t, 
     for (int i = 0; i < len; ++i) top = std::max(top, abs_bits(s[i]));
     const float absmax = bits_to_float(top);
     const float d = block_divisor(block_scale<kFp8>(absmax));
-    const float* __restrict__ mids = t.mids;
     const int32_t* __restrict__ lut = t.lut;
     if constexpr (kFp8) {
 #pragma omp simd
         for (int i = 0; i < len; ++i) codes[i] = float_to_e4m3(s[i] / d);
     } else {
 #pragma omp simd
-        for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, mids, lut);
+        for (int i = 0; i < len; ++i) codes[i] = encode_nearest(s[i] / d, lut);
     }
     return absmax;
 }

@@ -9,7 +9,9 @@ momentum buffers) and unsigned for those that never go negative (second moments,
 
 The nearest-code search is a lookup table indexed by the float's sign, exponent and top
 LUT_MANTISSA_BITS mantissa bits, then one comparison with a midpoint: each table bucket holds at
-most one midpoint (checked when the table is built), so the search is exact. The midpoints
+most one midpoint (checked when the table is built), so the search is exact. An entry holds the
+code below its bucket (high 16 bits) and the low 16 bits of the bucket's midpoint (its other bits
+are the bucket's), so one load and one integer comparison find the code. The midpoints
 are the float32 roundings of the means of neighbouring map values; x maps to code c where
 mid[c - 1] < x <= mid[c] (a tie goes to the lower code). Every backend runs this search, and
 reference() below runs it with np.searchsorted.
@@ -75,8 +77,10 @@ def dynamic_map(signed=True, max_exponent_bits=7, total_bits=8):
 
 class CodeMap:
     """A map and its search tables: values (256 float32, ascending), mids (the 255 midpoints and a
-    +inf sentinel) and lut (int32, 2 * LUT_BUCKETS: the code below each bucket, by sign; int32
-    so that the kernels' vector loops gather it)."""
+    +inf sentinel) and lut (int32, 2 * LUT_BUCKETS, by sign: the code below each bucket << 16 |
+    the midpoint's low 16 magnitude bits, 0xFFFF where the bucket has none; negative buckets
+    store those bits xor 0xFFFF, so one "greater than" serves both signs). int32, so that the
+    kernels' vector loops gather it."""
 
     def __init__(self, values):
         values = np.asarray(values, dtype=_F32)
@@ -102,7 +106,20 @@ class CodeMap:
             inside = np.searchsorted(mids, hi, side="right") - np.searchsorted(mids, lo, side="left")
             if inside.max() > 1:
                 raise ValueError("a lookup bucket holds two midpoints: the map needs more mantissa bits")
-        return np.concatenate([positive, negative]).astype(np.int32)
+        # The one midpoint a bucket may hold is the next after the code below it: inside when its
+        # magnitude has the bucket's key. The clamped end buckets must hold none.
+        every = np.append(mids, _F32(np.inf))
+        key = b + LUT_LOW
+        entries = []
+        for count, sign in ((positive, 1), (negative, -1)):
+            mid = every[count]
+            bits = np.abs(mid).view(np.uint32)
+            inside = (mid * sign > 0) & ((bits >> LUT_SHIFT) == key)
+            if inside[0] or inside[-1]:
+                raise ValueError("a clamped lookup bucket holds a midpoint")
+            low16 = (bits & 0xFFFF) ^ (0xFFFF if sign < 0 else 0)
+            entries.append((count.astype(np.int64) << 16) | np.where(inside, low16, 0xFFFF))
+        return np.concatenate(entries).astype(np.int32)
 
 
 SIGNED = CodeMap(dynamic_map(signed=True))

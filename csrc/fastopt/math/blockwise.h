@@ -21,8 +21,9 @@ constexpr int kLutShift = 16;
 constexpr int kLutLow = 104 << 7;
 constexpr int kLutBuckets = (127 << 7) - kLutLow + 1;
 
-// A code map: values (256, ascending), mids (the 255 midpoints, then +inf) and the lookup table
-// (int32 entries, so that vector loops can gather them).
+// A code map: values (256, ascending), mids (the 255 midpoints, then +inf; the kernels need only
+// the lookup table, which carries them) and the lookup table (int32 entries, so that vector
+// loops can gather them).
 struct CodeTables {
     const float* values;
     const float* mids;
@@ -31,13 +32,19 @@ struct CodeTables {
 
 // The code c with mids[c - 1] < x <= mids[c] (a tie goes to the lower code); NaN gives the code
 // of its bucket, which is harmless: its block's absmax is NaN too.
-// Branch-free, so that loops over it vectorise (the sign of a state is unpredictable).
-FASTOPT_HD uint8_t encode_nearest(float x, const float* mids, const int32_t* lut) {
-    uint32_t u = float_to_bits(x);
+// An entry is (code below the bucket) << 16 | the low 16 bits of the bucket's midpoint magnitude
+// (xor 0xFFFF for negative buckets; 0xFFFF when the bucket holds no midpoint): within a bucket
+// the other bits are x's, so x is above the midpoint exactly when its low 16 bits (likewise
+// flipped for negative x) are greater. One table load per element. Branch-free, so that loops
+// over it vectorise (the sign of a state is unpredictable).
+FASTOPT_HD uint8_t encode_nearest(float x, const int32_t* lut) {
+    const uint32_t u = float_to_bits(x);
+    const uint32_t negative = u >> 31;
     int b = int((u & 0x7fffffffu) >> kLutShift) - kLutLow;
     b = b < 0 ? 0 : (b > kLutBuckets - 1 ? kLutBuckets - 1 : b);
-    int c = lut[b + int(u >> 31) * kLutBuckets];
-    return uint8_t(c + (x > mids[c] ? 1 : 0));
+    const uint32_t entry = uint32_t(lut[b + int(negative) * kLutBuckets]);
+    const uint32_t low = (u ^ (0u - negative)) & 0xffffu;
+    return uint8_t((entry >> 16) + (low > (entry & 0xffffu) ? 1u : 0u));
 }
 
 // The "fp8" scheme: E4M3 codes (4 exponent bits, bias 7, 3 mantissa bits, no infinity, largest

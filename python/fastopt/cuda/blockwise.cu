@@ -53,7 +53,7 @@ blockwise_step_kernel(P* __restrict__ param, const G* __restrict__ grad, float* 
             for (int w = 0; w < kQuantBlock / 32; ++w) top = warp_max[j][w] > top ? warp_max[j][w] : top;
             const float amax = bits_to_float(top);
             const float d = block_divisor(block_scale<kFp8>(amax));
-            if (live) codes[j][i] = kFp8 ? float_to_e4m3(s[j] / d) : encode_nearest(s[j] / d, tables[j].mids, tables[j].lut);
+            if (live) codes[j][i] = kFp8 ? float_to_e4m3(s[j] / d) : encode_nearest(s[j] / d, tables[j].lut);
             if (threadIdx.x == 0) absmax[j][b] = amax;
         }
         __syncthreads();  // warp_max is reused by the next block

@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from .. import blockwise as _bw
 from ..rules import RULES
-from .math import _add, _and, _float_to_bits, _or, _shr, _sub, _U, element_random, float_to_bf16_stochastic, store
+from .math import _add, _and, _float_to_bits, _or, _shr, _sub, _xor, _U, element_random, float_to_bf16_stochastic, store
 from .math import _bits_to_float, update_for, widen
 from .optim import runs_parallel
 
@@ -17,12 +17,15 @@ _CACHE = {}
 
 
 @njit(inline="always")
-def encode_nearest(x, mids, lut):
+def encode_nearest(x, lut):
     u = _float_to_bits(x)
+    negative = _shr(u, _U(31))
     b = np.int64(_shr(_and(u, _U(0x7FFFFFFF)), _U(LUT_SHIFT))) - LUT_LOW
     b = 0 if b < 0 else (LUT_BUCKETS - 1 if b > LUT_BUCKETS - 1 else b)
-    c = np.int64(lut[b + np.int64(_shr(u, _U(31))) * LUT_BUCKETS])
-    return np.uint8(c + 1 if x > mids[c] else c)
+    entry = _U(lut[b + np.int64(negative) * LUT_BUCKETS])
+    low = _and(_xor(u, _sub(_U(0), negative)), _U(0xFFFF))
+    code = _shr(entry, _U(16))
+    return np.uint8(code + _U(1) if low > _and(entry, _U(0xFFFF)) else code)
 
 
 @njit(inline="always")
@@ -61,7 +64,7 @@ def quantize_block(s, length, codes, base, mids, lut, fp8):
     scale = block_scale(absmax, fp8)
     d = scale if scale > np.float32(0) else np.float32(1)
     for i in range(length):
-        codes[base + i] = float_to_e4m3(s[i] / d) if fp8 else encode_nearest(s[i] / d, mids, lut)
+        codes[base + i] = float_to_e4m3(s[i] / d) if fp8 else encode_nearest(s[i] / d, lut)
     return absmax
 
 
