@@ -22,6 +22,7 @@ void register_checks(py::module_& m);     // bind_checks.cpp
 void register_bench(py::module_& m);      // bind_bench.cpp
 void register_internal(py::module_& m);   // bind_internal.cpp
 void register_multi(py::module_& m);      // bind_multi.cpp
+void register_blockwise(py::module_& m);  // bind_blockwise.cpp
 
 namespace {
 
@@ -106,4 +107,5 @@ PYBIND11_MODULE(_cpu, m) {
     register_bench(m);
     register_internal(m);
     register_multi(m);
+    register_blockwise(m);
 }

@@ -119,13 +119,14 @@ def softmax_cross_entropy(logits, labels, total=None):
 
 
 def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_grad_norm=5.0, verbose=True,
-          comm=None, ema_decay=None):
+          comm=None, ema_decay=None, state_dtype=None):
     """Returns (test accuracy, per-epoch mean training losses), and with ``ema_decay`` a third
     item: the test accuracy of the EMA of the weights.
 
     ``comm``: an mpi4py communicator to train data-parallel; every rank draws the same global
     batches and takes its contiguous part of each (the gradients are summed, not averaged,
-    since each part's loss is already divided by the global batch size).
+    since each part's loss is already divided by the global batch size). ``state_dtype``: the
+    optimizer's (None: float32; 'bfloat16', '8bit', 'fp8').
     """
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed)
@@ -134,7 +135,7 @@ def train(optimizer="adam", epochs=30, batch_size=64, hidden=128, seed=0, max_gr
     schedule_free = cls in SCHEDULE_FREE
     if comm is None:
         ema = {} if ema_decay is None else dict(ema_decay=ema_decay, ema_warmup=True)
-        opt = cls(model.params.data, **hyper, **ema)
+        opt = cls(model.params.data, state_dtype=state_dtype, **hyper, **ema)
     elif schedule_free:
         raise SystemExit(f"--optimizer {optimizer} needs train() / eval(), which ShardedOptimizer does not forward")
     elif ema_decay is not None:
@@ -188,6 +189,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dtype", choices=["float32", "bfloat16", "8bit", "fp8"], default=None,
+                        help="the optimizer state's storage (default float32)")
     parser.add_argument("--plot", metavar="PNG", help="save the training-loss curve to this file")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over MPI.COMM_WORLD (launch with mpiexec -n N python -m mpi4py ...)")
@@ -200,7 +203,8 @@ def main(argv=None):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
     start = time.perf_counter()
-    result = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm, ema_decay=args.ema)
+    result = train(args.optimizer, args.epochs, args.batch_size, seed=args.seed, comm=comm, ema_decay=args.ema,
+                   state_dtype=args.state_dtype)
     accuracy, losses = result[:2]
     if comm is not None and comm.rank != 0:
         return accuracy

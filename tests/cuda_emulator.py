@@ -120,10 +120,11 @@ def build(sources, chunks=4):
 def shipped_sources():
     """The installed kernels and every instantiation the launchers can name."""
     import fastopt.cuda as cuda
-    from fastopt.cuda import batchnorm
+    from fastopt.cuda import batchnorm, blockwise
 
     return {cuda.SOURCE: (_nvrtc.read_source(cuda.SOURCE), list(cuda.all_kernel_names())),
-            batchnorm.SOURCE: (_nvrtc.read_source(batchnorm.SOURCE), list(batchnorm.all_name_expressions()))}
+            batchnorm.SOURCE: (_nvrtc.read_source(batchnorm.SOURCE), list(batchnorm.all_name_expressions())),
+            blockwise.SOURCE: (_nvrtc.read_source(blockwise.SOURCE), list(blockwise.all_kernel_names()))}
 
 
 def _arg(value):
@@ -250,6 +251,7 @@ class _Kernels:
 
         self.optimizer_step = lambda *a: cuda.optimizer_step(*a, device=device)
         self.sum_of_squares = lambda *a: cuda.sum_of_squares(*a, device=device)
+        self.blockwise_step = lambda *a: cuda.blockwise_step(*a, device=device)
         self.batch_norm_forward = lambda *a: batchnorm.batch_norm_forward(*a, device=device)
         self.batch_norm_backward = lambda *a: batchnorm.batch_norm_backward(*a, device=device)
 
@@ -266,8 +268,12 @@ class _EmulatedBackend(_backend._Backend):
 def emulated_backend(device):
     """Registers backend="cuda_emulated" (NumPy arrays, CUDA kernels on `device`) for the public API."""
     backend = _EmulatedBackend(device)
+    previous = _backend.BACKENDS.get(backend.name)  # nested: an outer device comes back after
     _backend.BACKENDS[backend.name] = backend
     try:
         yield backend
     finally:
-        del _backend.BACKENDS[backend.name]
+        if previous is None:
+            del _backend.BACKENDS[backend.name]
+        else:
+            _backend.BACKENDS[backend.name] = previous

@@ -336,3 +336,29 @@ def test_sharded_optimizer_refuses_an_ema():
 
     with pytest.raises(TypeError, match="ema_decay"):
         ShardedOptimizer(fastopt.Adam, np.ones(8, np.float32), None, ema_decay=0.9)
+
+
+QUANTIZED_COMBOS = {k: COMBOS[k] for k in ("f32", "bf16-master", "bf16-stochastic")}
+
+
+@pytest.mark.parametrize("scheme", ["8bit", "fp8"])
+@pytest.mark.parametrize("ema_dtype", [None, "bfloat16"])
+@pytest.mark.parametrize("combo", list(QUANTIZED_COMBOS))
+def test_fused_ema_with_quantized_state_equals_a_separate_lerp_pass(backend, combo, ema_dtype, scheme):
+    """With 8-bit or fp8 state (whose driver steps block by block) the EMA is still exactly the
+    lerp toward the new param after every step, and the params are those without the EMA."""
+    dtype, options = QUANTIZED_COMBOS[combo]
+    n = 3 * 4096 + 77  # quantized (over the 4096-element threshold), a partial last block
+    for cls, kwargs in [(fastopt.AdamW, dict(lr=0.01)), (fastopt.Lion, dict(lr=1e-3))]:
+        p, opt, grads = _run(cls, kwargs, dtype, dict(options, state_dtype=scheme), n, backend, steps=12,
+                             ema_dtype=ema_dtype, warmup=True)
+        plain_p = p.copy()
+        plain = cls(plain_p, backend=backend, state_dtype=scheme, **kwargs, **options)
+        expected = opt.ema.copy()
+        for t, g in enumerate(grads, 1):
+            opt.step(g)
+            plain.step(g)
+            expected = _lerp_pass(expected, _new_values(opt, p), _ema.weight(0.9, True, t))
+            np.testing.assert_array_equal(_bits(opt.ema), _bits(expected), err_msg=f"{cls.__name__} step {t}")
+        np.testing.assert_array_equal(_bits(p), _bits(plain_p))
+        assert opt.state["quantization"] == scheme  # the quantized driver ran

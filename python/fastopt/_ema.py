@@ -164,8 +164,8 @@ class Averaging:
                 self.checked[p] = (ema, arrays, cached[2])
                 return cached[2]
         expected = storage_dtype(self.dtype_name, arrays.param_code, p.kind)
-        others = [("param", arrays.param), ("grad", arrays.grad)] + [(f"state {i}", s) for i, s in
-                                                                      enumerate(arrays.states)]
+        others = [("param", arrays.param), ("grad", arrays.grad)] + written_states(
+            (f"state {i}", s) for i, s in enumerate(arrays.states))
         if arrays.master is not None:
             others.append(("master_weights", arrays.master))
         result = checked_array(ema, arrays.param, arrays.param_code, p.kind, expected, others, "state['ema']")
@@ -174,6 +174,20 @@ class Averaging:
 
     def weight(self, step):
         return weight(self.decay, self.warmup, step)
+
+
+def written_states(states):
+    """(name, array) of the state arrays a step writes, from (name, state) pairs: a quantized
+    state's codes and block scales (a QuantizedState, or the kernel's (codes, absmax, tables) tuple)."""
+    out = []
+    for name, s in states:
+        if isinstance(s, tuple):
+            out += [(f"{name} codes", s[0]), (f"{name} absmax", s[1])]
+        elif hasattr(s, "codes") and hasattr(s, "absmax"):
+            out += [(f"{name} codes", s.codes), (f"{name} absmax", s.absmax)]
+        else:
+            out.append((name, s))
+    return out
 
 
 def of(opt):

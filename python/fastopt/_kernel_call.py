@@ -9,6 +9,8 @@ fields in this order; the Python backends rebuild the KernelCall and read it by 
 """
 import collections
 
+from . import _blockwise_step
+
 FAMILIES = ("optimizer_step", "sum_of_squares")
 
 KernelCall = collections.namedtuple("KernelCall", [
@@ -31,4 +33,7 @@ KernelCall = collections.namedtuple("KernelCall", [
 
 def step(module, call):
     """Runs one KernelCall on a backend module."""
-    module.optimizer_step(*call)
+    if call.state_code in _blockwise_step.QUANTIZED_CODES:
+        _blockwise_step.run(module, call)
+    else:
+        module.optimizer_step(*call)

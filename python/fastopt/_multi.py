@@ -7,7 +7,7 @@ one parallel loop (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make
 array, with the same bits."""
 import numpy as np
 
-from . import _kernel_call
+from . import _blockwise_step, _kernel_call
 from ._kernel_call import KernelCall
 
 ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
@@ -51,7 +51,7 @@ def run(module, rule, calls):
     """Makes the calls: one segment-table call each where the backend has one, else one call per array."""
     multi = getattr(module, "multi_step", None)
     for (variant, param_code, grad_code, state_code, has_master), call in calls.items():
-        if multi is None or len(call.params) == 1:
+        if multi is None or len(call.params) == 1 or state_code in _blockwise_step.QUANTIZED_CODES:
             rows = list(call.rows)
             count = len(call.params)
             emas, weights = (call.emas, call.ema_weights) if call.emas is not None else ([None] * count, [0.0] * count)

@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from . import _backend, _checks, _ema, _params, _stepping, checkpoint
+from . import _backend, _blockwise_step, _checks, _ema, _params, _stepping, checkpoint
 from ._dtypes import CODE_BFLOAT16, UINT16, bfloat16_bits, dtype_code, is_half
 
 _MISSING = object()
@@ -293,7 +293,12 @@ class OptimizerCore:
             raise TypeError("stochastic_rounding is for bfloat16 params; float16 needs master_weights=True")
         p = _Param()
         p.array, p.source, p.grad_source, p.group, p.kind = array, source, grad_source, group_index, kind
-        p.state_dtype = self._resolve_state_dtype(self._state_dtype_option, code, kind)
+        option = self._state_dtype_option
+        quantized = isinstance(option, str) and option in _blockwise_step.SCHEME_CODES
+        # A quantized scheme's name, or (arrays too small to quantize, other options) a dtype.
+        p.state_dtype = _blockwise_step.resolve(option, code, array.size) if quantized else None
+        if p.state_dtype is None:
+            p.state_dtype = self._resolve_state_dtype("float32" if quantized else option, code, kind)
         p.state, p.fresh, p.cache = _stepping.ParamState(step=0), set(), None
         if half and self.master_weights:
             p.state["master_weights"] = self._widen_half(p, code)
@@ -394,6 +399,11 @@ class OptimizerCore:
         for name in names:
             if name not in p.state:
                 value = self._init_value(h, name)
+                if _blockwise_step.is_quantized(p):
+                    _blockwise_step.init_state(p, name, value)
+                    p.fresh.add(name)
+                    p.cache = None
+                    continue
                 fill = bfloat16_bits(value) if p.state_dtype == UINT16 else value
                 p.state[name] = p.xp.full(p.array.size, fill, dtype=p.state_dtype)
                 p.fresh.add(name)
@@ -446,6 +456,10 @@ class OptimizerCore:
         param = p.array
         if grad.ndim > 1 and param.ndim > 1 and grad.shape != param.shape:
             raise ValueError(f"grad has shape {grad.shape} but param has shape {param.shape}")
+        if _blockwise_step.is_quantized(p):
+            return _blockwise_step.step_arrays(param, grad, _blockwise_step.param_states(p, names),
+                                               state.get("master_weights"), self.param_dtype, grad_dtype,
+                                               self.seed if self.stochastic_rounding else None)
         arrays = _checks.step_arrays(param, grad, [(n, state[n]) for n in names], state.get("master_weights"),
                                      self.param_dtype, grad_dtype, self.seed if self.stochastic_rounding else None,
                                      "bfloat16" if p.state_dtype == UINT16 else None)

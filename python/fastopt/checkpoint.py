@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _backend, _checks, _ema, _params
+from . import _backend, _blockwise_step, _checks, _ema, _params
 from ._dtypes import BFLOAT16, CODE_FLOAT32 as FLOAT32_CODE, FLOAT32, dtype_code
 
 _FORMAT = "fastopt-checkpoint-1"
@@ -139,6 +139,7 @@ def _checked_state(opt, p, h, entry, where):
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} must be a dict, got {type(entry).__name__}")
     known = type(opt)._state_array_names
+    entry, quantized = _blockwise_step.checkpoint_entry(p, entry, known, where)
     host = opt._host_state(h)
     new, arrays = {}, {}
     for name, value in entry.items():
@@ -171,6 +172,7 @@ def _checked_state(opt, p, h, entry, where):
         else:
             raise ValueError(f"{where} has '{name}', which {type(opt).__name__} does not keep: "
                              "a state_dict of another optimizer?")
+    arrays.update(quantized)
     if "step" not in new:
         if arrays and type(opt)._rule_needs_step:
             raise ValueError(f"{where} has state arrays but no 'step'")
@@ -234,9 +236,12 @@ def load_state_dict(opt, sd):
         for name, value in arrays.items():
             if value is None:
                 continue  # the EMA restarted below
+            if isinstance(value, str):  # the quantization scheme
+                new[name] = value
+                continue
             own = p.state.get(name)
             if own is None or own.dtype != value.dtype or own.size != value.size:
-                own = p.xp.empty(p.array.size, value.dtype)
+                own = p.xp.empty(value.size, value.dtype)
             own[...] = p.xp.asarray(value).reshape(-1)
             new[name] = own
         restart_ema = arrays.get("ema", 0) is None

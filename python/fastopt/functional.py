@@ -14,7 +14,9 @@ these keywords (fastopt.rules._base.STEP_KEYWORDS) besides the rule's own hyper-
 - ``rounding_seed``: for a bfloat16 ``param`` without master weights: step it in place and store
   it with stochastic rounding drawn from this seed (an int; use a different one every step).
 - ``param_dtype`` / ``grad_dtype`` / ``state_dtype``: 'bfloat16' or 'float16' for arrays stored as
-  uint16 (CuPy has no bfloat16; state may be float32 or bfloat16).
+  uint16 (CuPy has no bfloat16; state may be float32 or bfloat16). Quantized state
+  (``state_dtype="8bit"`` or ``"fp8"``): pass ``fastopt.blockwise.state_like(param, name)``
+  arrays for the states (docs/quantized_states.md).
 - ``backend``: 'cpu', 'numba' or 'cuda' (default: by array type, see fastopt.backends()).
 - ``ema`` and ``ema_decay``: the EMA of the weights, updated in the same pass after the step:
   ``ema += (1 - ema_decay) * (new param - ema)`` (the new param being the master copy where one is

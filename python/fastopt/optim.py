@@ -23,7 +23,7 @@ def resolve_state_dtype(state_dtype, param_code, kind):
     if str(state_dtype) == "bfloat16":
         # CuPy (and NumPy without ml_dtypes) has no bfloat16 dtype: its bits are kept as uint16.
         return BFLOAT16 if kind == "numpy" and BFLOAT16 is not None else UINT16
-    raise TypeError(f"state_dtype must be 'float32' or 'bfloat16', got {state_dtype!r}")
+    raise TypeError(f"state_dtype must be 'float32', 'bfloat16' or '8bit', got {state_dtype!r}")
 
 
 OPTIMIZERS = _classes()

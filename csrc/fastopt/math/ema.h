@@ -10,6 +10,17 @@ namespace fastopt {
 template <class E> struct EmaCompute { using type = float; };
 template <> struct EmaCompute<double> { using type = double; };
 
+// A kernel's EMA template argument when it has none (the CUDA drivers are templated on E).
+struct NoEma {};
+template <class E> struct EmaOf {
+    static constexpr bool present = true;
+    using compute = typename EmaCompute<E>::type;
+};
+template <> struct EmaOf<NoEma> {
+    static constexpr bool present = false;
+    using compute = float;
+};
+
 // `value` is the new parameter: the float32 master of a half param, else the stored param widened.
 template <class E, class T>
 FASTOPT_HD void ema_element(E* __restrict__ ema, int64_t i, T value, T w) {

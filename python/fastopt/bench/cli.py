@@ -27,6 +27,7 @@ def parser():
     p.add_argument("--only", metavar="NAMES", help="comma-separated words: optimizer names (Adam, SGD ...), "
                    "'optimizers', 'models', model names (resnet50, gpt2), 'clip', 'batchnorm', 'bnfused' (BN+ReLU, "
                    "BN+add+ReLU only), 'overhead', 'ema' (Adam with the fused EMA of the weights), "
+                   "'quantized' (8-bit and fp8 optimizer state), "
                    "'training' (whole training steps, quiet and beside busy processes: only when named)")
     p.add_argument("--threads", metavar="N", type=_int_list,
                    help="thread counts to measure, e.g. 1,2 (default: 1 and all)")
@@ -41,7 +42,8 @@ def only_words():
     and the workload groups."""
     from . import workloads
 
-    words = {"optimizers", "models", "clip", "batchnorm", "bn", "bnfused", "overhead", "lists", "training", "ema"}
+    words = {"optimizers", "models", "clip", "batchnorm", "bn", "bnfused", "overhead", "lists", "training", "ema",
+             "quantized", "8bit"}
     words |= {spec.name.lower() for spec in workloads.OPTIMIZERS}
     for model in workloads.MODELS:
         words |= {model.name.lower(), model.name.lower().split("-")[0]}

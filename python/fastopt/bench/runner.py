@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import bn_fused, ema, impls, lists, workloads
+from . import bn_fused, ema, impls, lists, quantized, workloads
 from .bandwidth import Stream, pattern_bytes
 from .timing import measure
 
@@ -236,6 +236,10 @@ class Run:
                 if cfg.wants("batchnorm", "bn", "bnfused"):
                     self.tasks.append((f"BN+ReLU, BN+add+ReLU {bn.name} threads={threads}",
                                        lambda b=bn, t=threads: bn_fused.task(self, b, t)))
+            if cfg.wants("quantized", "8bit") and "cpu" in cfg.backends and not cfg.cuda_only:
+                n = 1_000_000 if cfg.quick else quantized.SIZE
+                self.tasks.append((f"quantized state n={n:.2g} threads={threads}",
+                                   lambda t=threads, n=n: quantized.task(self, t, n=n, schemes=("8bit", "fp8"))))
             if cfg.wants("overhead"):
                 self.tasks.append((f"call overhead n={workloads.OVERHEAD_SIZE} threads={threads}",
                                    lambda t=threads: self.overhead_task(t)))

@@ -147,5 +147,7 @@ def sum_of_squares(code, x, device=None):
     return device.to_float(out)
 
 
-__all__ = ["optimizer_step", "sum_of_squares", "all_kernel_names", "step_kernel_name", "ema_kernel_name",
-           "all_ema_kernel_names"]
+from .blockwise import blockwise_step  # noqa: E402  (quantized states: blockwise.cu)
+
+__all__ = ["optimizer_step", "sum_of_squares", "blockwise_step", "all_kernel_names", "step_kernel_name",
+           "ema_kernel_name", "all_ema_kernel_names"]

@@ -24,18 +24,7 @@ __device__ __forceinline__ void store_pack(T* base, long long group, const Pack<
 
 constexpr int kVec = 4;
 
-// No EMA: the plain step's instantiation of step_body.
-struct NoEma {};
-template <class E> struct EmaOf {
-    static constexpr bool present = true;
-    using compute = typename fastopt::EmaCompute<E>::type;
-};
-template <> struct EmaOf<NoEma> {
-    static constexpr bool present = false;
-    using compute = float;
-};
-
-// One step of `Rule` (variant V) over n elements, and, unless E is NoEma, the EMA of the weights
+// One step of `Rule` (variant V) over n elements, and, unless E is fastopt::NoEma, the EMA of the weights
 // (fastopt/math/ema.h) per element while the new parameter is in registers: ema <- ema + w (new -
 // ema) in float32 (float64 for a float64 EMA), the new value being the master copy of a half param
 // that has one. When every pointer is aligned to its pack size (`aligned`), threads take packs of
@@ -109,7 +98,7 @@ __device__ __forceinline__ void step_body(P* __restrict__ param, const G* __rest
 template <class Rule, int V, class C, class P, class G, class S, bool kStochastic>
 __global__ void optimizer_step_kernel(FASTOPT_STEP_PARAMS) {
     FASTOPT_STEP_SETUP;
-    step_body<Rule, V, C, P, G, S, kStochastic, NoEma>(param, grad, master, s0, s1, s2, n, aligned, pro, k,
+    step_body<Rule, V, C, P, G, S, kStochastic, fastopt::NoEma>(param, grad, master, s0, s1, s2, n, aligned, pro, k,
                                                        nullptr, 0.0);
 }
 

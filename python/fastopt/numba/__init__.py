@@ -40,6 +40,31 @@ def optimizer_step(*fields):
            np.uint32(c.rounding_seed), ema, weight)
 
 
+def blockwise_step(*fields):
+    """One KernelCall with quantized states (fastopt._blockwise_step), given positionally."""
+    from .. import _blockwise_step
+    from . import blockwise
+
+    c = KernelCall(*fields)
+    k = RULES[c.rule].Scalars._make(np.float32(x) for x in c.scalars)
+    pro = np.array([c.grad_scale, c.weight_decay, c.decay_factor, 0.0, 1.0], dtype=np.float32)
+    slots = [tuple(slot) for slot in c.states]
+    empty = (np.empty(0, np.uint8), np.empty(0, np.float32), np.empty(0, np.float32), np.empty(0, np.float32),
+             np.empty(0, np.int32))
+    while len(slots) < 3:
+        slots.append(empty)
+    master_flat = c.master.reshape(-1) if c.master is not None else np.empty(0, np.float32)
+    stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    ema_code = -1 if c.ema is None else c.ema_code
+    kernel = blockwise.kernel_for(c.rule, c.param.size, c.variant, len(c.states), c.master is not None,
+                                  c.param_code, c.grad_code, stochastic, c.state_code == _blockwise_step.CODE_FP8,
+                                  ema_code)
+    ema = _storage(c.ema, ema_code) if c.ema is not None else np.empty(0, np.float32)
+    kernel(_storage(c.param, c.param_code), _storage(c.grad, c.grad_code), master_flat,
+           *[a for slot in slots for a in slot], k, pro, np.uint32(c.rounding_seed), ema,
+           np.float32(c.ema_weight))  # quantized state is for float32 and half params: a float32 EMA or bfloat16
+
+
 @njit(inline="always")
 def _block_sum_of_squares(x, start, stop, code):
     lane = np.zeros(8, np.float64)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import _backend, _checks, _ema, _kernel_call, _scalars
+from .. import _backend, _blockwise_step, _checks, _ema, _kernel_call, _scalars
 from .._kernel_call import KernelCall
 from .._optimizer import OptimizerCore, TORCH_NOOPS, _betas, _flag, option_table  # noqa: F401
 
@@ -77,7 +77,12 @@ def step_options(weight_decay, keywords):
 
 
 def step_arrays(param, grad, states, o):
-    """The checked arrays of one call; `states` is a list of (name, array)."""
+    """The checked arrays of one call; `states` is a list of (name, array), or of (name,
+    QuantizedState) for quantized state."""
+    if any(isinstance(s, _blockwise_step.QuantizedState) for _, s in states) or \
+            (isinstance(o.state_dtype, str) and o.state_dtype in _blockwise_step.SCHEME_CODES):
+        return _blockwise_step.step_arrays(param, grad, states, o.master_weights, o.param_dtype, o.grad_dtype,
+                                           o.rounding_seed)
     return _checks.step_arrays(param, grad, states, o.master_weights, o.param_dtype, o.grad_dtype,
                                o.rounding_seed, o.state_dtype)
 
@@ -90,7 +95,7 @@ def fused_step(rule_id, variant, scalars, param, grad, states, o, *, lr, decoupl
         check(arrays)
     ema, ema_code = None, 0
     if o.ema is not None:  # ema <- ema + (1 - ema_decay) * (new param - ema), after the step
-        others = [("param", arrays.param), ("grad", arrays.grad)] + list(states)
+        others = [("param", arrays.param), ("grad", arrays.grad)] + _ema.written_states(states)
         if arrays.master is not None:
             others.append(("master_weights", arrays.master))
         ema, ema_code = _ema.checked_array(o.ema, arrays.param, arrays.param_code, arrays.kind, None, others)

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from .. import _backend, _checks, _kernel_call, _scalars
+from .. import _backend, _blockwise_step, _checks, _kernel_call, _scalars
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT32, CODE_FLOAT64, UINT16, bfloat16_bits, dtype_code
 from .._kernel_call import KernelCall
 from . import _base as b
@@ -115,11 +115,20 @@ def _schedule_array(schedule_state):
 
 # ---- the functional layer ---------------------------------------------------------------------
 
+def _refuse_quantized(state_dtype, states=()):
+    """z is an iterate of the weights, not a moving average: quantizing it would move the weights."""
+    if state_dtype in _blockwise_step.SCHEME_CODES or any(
+            isinstance(s, _blockwise_step.QuantizedState) for _, s in states):
+        raise ValueError("Schedule-Free's state z is an iterate of the weights, not a moving average: it "
+                         "stays float32 (state_dtype='8bit' and 'fp8' are for moving-average state)")
+
+
 def _functional_step(variant, param, grad, states, schedule_state, step, lr, beta1, weight_decay, warmup_steps,
                      r, weight_lr_power, beta2, eps, options):
     lr, warmup_steps, r, weight_lr_power, weight_decay = _schedule_options(lr, warmup_steps, r, weight_lr_power,
                                                                            weight_decay)
     o = b.step_options(0.0, options)  # the rule's own decay: the prologue's stays off
+    _refuse_quantized(o.state_dtype, states)
     step = b.step_count(step)
     lr_max, weight_sum = _schedule_array(schedule_state)
     lr_t, lr_max, weight_sum, c = schedule(lr, warmup_steps, r, weight_lr_power, step - 1, lr_max, weight_sum)
@@ -207,6 +216,10 @@ class _ScheduleFree(b.Optimizer):
     _variant = None
     _rule_needs_step = False  # the package keeps no per-parameter step: its k is the group's
     _optional = frozenset(b.TORCH_NOOPS + ("maximize",))  # fastopt's addition: the package's checkpoints lack it
+
+    def __init__(self, params, defaults, **options):
+        _refuse_quantized(options.get("state_dtype"))
+        super().__init__(params, defaults, **options)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
