@@ -107,6 +107,7 @@ ROWS = {
     # The Schedule-Free rules' weight decay is their own (at y): the reference knows it (OWN_DECAY).
     "SGDScheduleFree": dict(
         quantized=False,  # z is an iterate of the weights, not a moving average: no 8-bit state
+        group_schedule=True,  # the schedule (k) is the group's: a frozen array's next step differs
         cases=[dict(lr=0.5), dict(lr=0.5, momentum=0.8, weight_decay=0.05, warmup_steps=10),
                dict(lr=0.5, r=1.0, weight_lr_power=1.0, warmup_steps=7, maximize=True)],
         half=dict(lr=0.5, warmup_steps=5, weight_decay=0.01),
@@ -119,6 +120,7 @@ ROWS = {
     ),
     "AdamWScheduleFree": dict(
         quantized=False,  # z is an iterate of the weights, not a moving average: no 8-bit state
+        group_schedule=True,  # the schedule (k) is the group's: a frozen array's next step differs
         cases=[dict(lr=0.02), dict(lr=0.02, weight_decay=0.1, warmup_steps=20),
                dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, r=0.5, weight_lr_power=0.0, maximize=True)],
         half=dict(lr=0.02, warmup_steps=5, weight_decay=0.1),

@@ -53,7 +53,7 @@ struct BnBackwardCall {
 // `inner` consecutive elements (axis=1 with spatial dimensions). Channels-last: consecutive
 // elements are consecutive channels (inner == 1: axis=-1, and (N, C)).
 enum class BnLayout { kChannelsFirst, kChannelsLast };
-inline BnLayout bn_layout(int64_t inner) { return inner == 1 ? BnLayout::kChannelsLast : BnLayout::kChannelsFirst; }
+static inline BnLayout bn_layout(int64_t inner) { return inner == 1 ? BnLayout::kChannelsLast : BnLayout::kChannelsFirst; }
 
 // The block sizes and thresholds: fastopt/math/bn_blocks.h.
 
@@ -72,13 +72,13 @@ struct ChannelGroups {
 // channel. Switching channels costs a reload of the lane sums per row, so short rows are summed
 // one channel at a time, whose lane sums stay in registers (block_sums, with prefetching). So are
 // half types, whose conversions vectorise only in that form.
-inline bool sweeps_rows(int64_t inner, int64_t value_bytes) {
+static inline bool sweeps_rows(int64_t inner, int64_t value_bytes) {
     return inner >= kBnGroupMinInner && value_bytes >= 4;
 }
 
 // bytes_per_value: of all inputs together (x; x and dy in the backward); sweeps: see sweeps_rows;
 // nthreads: the threads the kernel runs on.
-inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t bytes_per_value,
+static inline ChannelGroups fused_groups(int64_t outer, int64_t channels, int64_t inner, int64_t bytes_per_value,
                                   bool sweeps, int nthreads) {
     ChannelGroups g;
     const int64_t slice_bytes = outer * inner * bytes_per_value;
