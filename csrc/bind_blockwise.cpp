@@ -42,7 +42,7 @@ void py_blockwise_step(int optimizer, int variant, int param_dtype, int grad_dty
     s.param = param.mutable_data();
     s.grad = grad.data();
     s.master = static_cast<float*>(fastopt::bind::mutable_data_or_null(master));
-    if (states.size() > 3) throw std::invalid_argument("at most 3 state arrays");
+    if (states.size() > std::size(call.codes)) throw std::invalid_argument("too many state arrays");
     for (size_t j = 0; j < states.size(); ++j) {
         py::tuple slot = states[j].cast<py::tuple>();
         if (slot.size() != 5) throw std::invalid_argument("a quantized state is (codes, absmax, values, mids, lut)");

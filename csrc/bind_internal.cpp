@@ -30,6 +30,8 @@ void register_internal(py::module_& m) {
         return ranges;
     });
     m.def("threads_for", &fastopt::cpu::threads_for);
+    m.attr("state_slots") = fastopt::kStateSlots;
+    m.attr("rule_scalars") = fastopt::kMaxRuleScalars;
     m.attr("parallel_threshold") = fastopt::cpu::kParallelThreshold;
     m.attr("chunk_align") = fastopt::cpu::kChunkAlign;
     m.attr("pieces_per_thread") = fastopt::cpu::kPiecesPerThread;

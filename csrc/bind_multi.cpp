@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <iterator>
 #include <stdexcept>
 #include <vector>
 
@@ -47,7 +48,7 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
         s.grad = pointer(grads[j], false);
         s.master = has_master ? static_cast<float*>(pointer(py::list(masters)[j], true)) : nullptr;
         py::tuple st = states[j].cast<py::tuple>();
-        if (st.size() > 3) throw std::invalid_argument("multi_step: at most 3 state arrays");
+        if (st.size() > std::size(s.states)) throw std::invalid_argument("multi_step: too many state arrays");
         for (size_t i = 0; i < st.size(); ++i) s.states[i] = pointer(st[i], true);
         s.row = row_of[j].cast<int64_t>();
         if (s.row < 0 || s.row >= num_rows) throw std::invalid_argument("multi_step: row index out of range");

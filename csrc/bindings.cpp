@@ -42,7 +42,7 @@ void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dty
     call.param = data_of(param);
     call.grad = grad.data();
     call.master = static_cast<float*>(fastopt::bind::mutable_data_or_null(master));
-    if (states.size() > 3) throw std::invalid_argument("at most 3 state arrays");
+    if (states.size() > std::size(call.states)) throw std::invalid_argument("too many state arrays");
     for (size_t i = 0; i < states.size(); ++i) {
         py::array s = states[i].cast<py::array>();
         call.states[i] = s.mutable_data();

@@ -26,6 +26,24 @@ def random_arrays(n, dtype, seed, steps):
     return param, grads
 
 
+# Three arrays of odd shapes in two param groups (the first two, the last).
+GROUP_SHAPES = [(7,), (3, 5), (1,)]
+
+
+def two_group_twins(torch, rng, groups, ours, theirs, ours_options=None, theirs_options=None):
+    """fastopt's `ours` and the reference package's `theirs` (a torch optimizer class) over the
+    same float64 start in GROUP_SHAPES, split into two groups with hyper-parameters `groups`.
+    Returns (fastopt arrays, torch tensors, fastopt optimizer, reference optimizer)."""
+    start = [rng.standard_normal(s) for s in GROUP_SHAPES]
+    arrays = [a.copy() for a in start]
+    tensors = [torch.tensor(a.copy()) for a in start]
+
+    def split(params):
+        return [dict(params=params[:2], **groups[0]), dict(params=params[2:], **groups[1])]
+    return (arrays, tensors, ours(split(arrays), **(ours_options or {})),
+            theirs(split(tensors), **(theirs_options or {})))
+
+
 @pytest.fixture
 def torch_float64():
     """torch's default dtype set to float64 for the test (torch keeps scalar state such as NAdam's

@@ -1,5 +1,10 @@
 """The optimizers the tests run, one row per class: a new rule adds its row here and every test
-that draws on the table runs it (docs/contributing.md). Each test names the fields it reads."""
+that draws on the table runs it (docs/contributing.md). Each test names the fields it reads.
+
+Fields of the feature tests that run a sample of the rules: functional ((state arrays of the
+richest options, those options[, one-element state arrays]): the functional call the validation
+tests corrupt), quantized_half (8-bit state with half params), quantized_ema (the EMA beside
+8-bit state), sign_terms (a rule that steps by a sign: the two terms of its argument)."""
 import fastopt
 
 ROWS = {
@@ -19,6 +24,8 @@ ROWS = {
         group_cases=[(dict(lr=0.05, momentum=0.9, weight_decay=0.01), dict(lr=0.02, dampening=0.2), dict(momentum=0.0)),
                      (dict(lr=0.05, momentum=0.9, nesterov=True), dict(weight_decay=0.1), dict(maximize=True))],
         mpi=dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        functional=(1, dict(momentum=0.9, step=2)),
+        quantized_half=dict(lr=0.05, momentum=0.9),
     ),
     "Adagrad": dict(
         cases=[dict(lr=0.1), dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1),
@@ -29,6 +36,7 @@ ROWS = {
         torch_cases=[dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)],
         group_cases=[(dict(lr=0.1, lr_decay=0.01), dict(lr=0.05, eps=1e-6), dict(weight_decay=0.1))],
         mpi=dict(lr=0.05, lr_decay=1e-3),
+        functional=(1, dict(step=1)),
     ),
     "RMSprop": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, centered=True, weight_decay=0.01), dict(lr=0.01, momentum=0.9),
@@ -42,6 +50,7 @@ ROWS = {
         group_cases=[(dict(lr=0.01, momentum=0.9), dict(centered=True, weight_decay=0.01),
                       dict(momentum=0.0, alpha=0.9))],
         mpi=dict(lr=1e-2, centered=True, momentum=0.5),
+        functional=(3, dict(centered=True, momentum=0.9)),
     ),
     "Adadelta": dict(
         cases=[dict(), dict(lr=0.5, rho=0.95, weight_decay=0.01, maximize=True)],
@@ -50,6 +59,7 @@ ROWS = {
         torch_cases=[dict(lr=0.5, weight_decay=0.01)],
         group_cases=[(dict(lr=0.5), dict(rho=0.8), dict(weight_decay=0.01))],
         mpi=dict(lr=1.0),
+        functional=(2, {}),
     ),
     "Adam": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01),
@@ -61,6 +71,8 @@ ROWS = {
         torch_cases=[dict(lr=0.01, amsgrad=True, weight_decay=0.01)],
         group_cases=[(dict(lr=0.01), dict(lr=0.02, weight_decay=0.01), dict(amsgrad=True))],
         mpi=dict(lr=1e-2, amsgrad=True),
+        functional=(3, dict(step=1, amsgrad=True)),
+        quantized_half=dict(lr=0.01),
     ),
     "AdamW": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.1)],
@@ -70,6 +82,9 @@ ROWS = {
         torch_cases=[dict(lr=0.01)],
         group_cases=[(dict(lr=0.01), dict(weight_decay=0.0), dict(amsgrad=True, betas=(0.8, 0.9)))],
         mpi=dict(lr=1e-2, weight_decay=0.1),
+        functional=(3, dict(step=1, amsgrad=True)),
+        quantized_half=dict(lr=0.01, amsgrad=True),
+        quantized_ema=dict(lr=0.01),
     ),
     "Adamax": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, maximize=True)],
@@ -77,6 +92,7 @@ ROWS = {
         torch_cases=[dict(lr=0.01, weight_decay=0.01)],
         group_cases=[(dict(lr=0.01), dict(weight_decay=0.01), dict(lr=0.002))],
         mpi=dict(lr=1e-2),
+        functional=(2, dict(step=1)),
     ),
     "NAdam": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
@@ -85,6 +101,7 @@ ROWS = {
         torch_cases=[dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
         group_cases=[(dict(lr=0.01), dict(momentum_decay=0.01), dict(weight_decay=0.01, decoupled_weight_decay=True))],
         mpi=dict(lr=1e-2),
+        functional=(2, dict(step=1), 1),  # and mu_product, one element
     ),
     "RAdam": dict(
         cases=[dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True, maximize=True)],
@@ -92,6 +109,7 @@ ROWS = {
         torch_cases=[dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
         group_cases=[(dict(lr=0.01), dict(weight_decay=0.01), dict(weight_decay=0.01, decoupled_weight_decay=True))],
         mpi=dict(lr=1e-2),
+        functional=(2, dict(step=1)),
     ),
     "Lion": dict(
         cases=[dict(lr=1e-3), dict(lr=1e-3, weight_decay=0.1, betas=(0.95, 0.98))],
@@ -103,6 +121,13 @@ ROWS = {
         foreign_checkpoint="Adam",  # a class whose checkpoint this one refuses
         mpi=dict(lr=1e-3, weight_decay=0.1),
         mpi_checkpoint=("lion_bf16_sr", dict(lr=1e-3, stochastic_rounding=True, seed=3)),
+        functional=(1, {}),
+        quantized_half=dict(lr=1e-3),
+        quantized_ema=dict(lr=1e-3),
+        # Its update is lr * sign(a + b) of these two terms (state before the step, gradient):
+        # where a + b is within float32 rounding of zero the sign may differ from float64's.
+        sign_terms=lambda state, g, kwargs: (kwargs.get("betas", (0.9, 0.99))[0] * state["exp_avg"],
+                                             (1 - kwargs.get("betas", (0.9, 0.99))[0]) * g),
     ),
     # The Schedule-Free rules' weight decay is their own (at y): the reference knows it (OWN_DECAY).
     "SGDScheduleFree": dict(

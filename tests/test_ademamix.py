@@ -5,7 +5,7 @@ import pytest
 
 import fastopt
 from fastopt import functional as F
-from conftest import random_arrays
+from conftest import GROUP_SHAPES, random_arrays, two_group_twins
 
 STEPS = 64
 # float64: the kernels fold lr / bc1 and lr * alpha into two scalars, the packages do not: a few
@@ -111,16 +111,11 @@ def test_groups_match_pytorch_optimizer():
     torch = pytest.importorskip("torch")
     po = pytest.importorskip("pytorch_optimizer")
     rng = np.random.default_rng(4)
-    shapes = [(7,), (3, 5), (1,)]
-    start = [rng.standard_normal(s) for s in shapes]
-    ours = [a.copy() for a in start]
-    theirs = [torch.tensor(a.copy()) for a in start]
     groups = [dict(lr=0.02, weight_decay=0.1), dict(lr=0.01, weight_decay=0.0, alpha=2.0, t_alpha_beta3=8)]
-    opt = fastopt.AdEMAMix([dict(params=ours[:2], **groups[0]), dict(params=ours[2:], **groups[1])])
-    ref = po.AdEMAMix([dict(params=theirs[:2], **groups[0]), dict(params=theirs[2:], **groups[1])],
-                      weight_decouple=True, foreach=False)
+    ours, theirs, opt, ref = two_group_twins(torch, rng, groups, fastopt.AdEMAMix, po.AdEMAMix,
+                                             theirs_options=dict(weight_decouple=True, foreach=False))
     for _ in range(15):
-        gs = [rng.standard_normal(s) for s in shapes]
+        gs = [rng.standard_normal(s) for s in GROUP_SHAPES]
         for t, g in zip(theirs, gs):
             t.grad = torch.tensor(g.copy())
         opt.step(gs)

@@ -133,6 +133,7 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats, sc
     rounding, codes equal or (where the float64 value lies within float32 rounding of a
     midpoint) one apart."""
     ref = Reference(name, param, **_hyper(name, kwargs))
+    sign_terms = rule_table.ROWS[type(opt).__name__].get("sign_terms")
     for g in grads:
         ref.p = param.astype(np.float64)
         for key in ref.s:
@@ -150,13 +151,11 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats, sc
         size = np.maximum(np.abs(before), np.abs(ref.p)).astype(np.float32)
         tol = 4 * np.spacing(size).astype(np.float64) + 2e-5 * np.max(np.abs(ref.p - before))
         bad = err > tol
-        if name == "lion" and "exp_avg" in old:
-            # Lion steps by lr * sign(c): where c is within float32 rounding of zero the sign
-            # may differ (counted; it needs |c| below 1e-6 of its terms).
-            b1 = kwargs.get("betas", (0.9, 0.99))[0]
-            m = old["exp_avg"]
-            c = b1 * m + (1 - b1) * g
-            tie = np.abs(c) <= 1e-6 * (np.abs(b1 * m) + np.abs((1 - b1) * g))
+        if sign_terms is not None and old:
+            # A rule stepping by lr * sign(a + b): where a + b is within float32 rounding of zero
+            # the sign may differ (counted; it needs |a + b| below 1e-6 of its terms).
+            a, b = sign_terms(old, g, kwargs)
+            tie = np.abs(a + b) <= 1e-6 * (np.abs(a) + np.abs(b))
             stats["sign_ties"] = stats.get("sign_ties", 0) + int(np.sum(bad & tie))
             bad &= ~tie
         assert not np.any(bad), f"param off by {np.max(err - tol):.3g} beyond tolerance"
@@ -185,29 +184,20 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats, sc
             stats["off_by_one"] += off.size
 
 
-@pytest.mark.parametrize("n", SIZES)
+# fp8 (E4M3 codes of s / (absmax / 448)) on fewer sizes: its driver is the 8-bit one.
+SCHEME_SIZES = [("8bit", n) for n in SIZES] + [("fp8", n) for n in (7, 257, 1031)]
+
+
+@pytest.mark.parametrize("scheme, n", SCHEME_SIZES)
 @pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
-def test_matches_quantized_reference(backend, quantize_small, case, n):
+def test_matches_quantized_reference(backend, quantize_small, case, scheme, n):
     name, cls, kwargs = CASES[case]
     param, grads = random_arrays(n, np.float32, 0, STEPS)
-    opt = cls(param, backend=backend, state_dtype="8bit", **kwargs)
+    opt = cls(param, backend=backend, state_dtype=scheme, **kwargs)
     stats = dict(codes=0, off_by_one=0)
-    check_against_quantized_reference(opt, param, grads, name, kwargs, stats)
-    assert opt.state.get("quantization") == ("8bit" if stats["codes"] else None)  # plain SGD keeps none
+    check_against_quantized_reference(opt, param, grads, name, kwargs, stats, scheme=scheme)
+    assert opt.state.get("quantization") == (scheme if stats["codes"] else None)  # plain SGD keeps none
     # Codes one apart are rare: the float32 update must land within rounding of a midpoint.
-    assert stats["off_by_one"] <= 1e-3 * stats["codes"] + 2, stats
-
-
-@pytest.mark.parametrize("n", [7, 257, 1031])
-@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
-def test_fp8_matches_quantized_reference(backend, quantize_small, case, n):
-    """state_dtype="fp8": E4M3 codes of s / (absmax / 448), against the same float64 reference."""
-    name, cls, kwargs = CASES[case]
-    param, grads = random_arrays(n, np.float32, 0, STEPS)
-    opt = cls(param, backend=backend, state_dtype="fp8", **kwargs)
-    stats = dict(codes=0, off_by_one=0)
-    check_against_quantized_reference(opt, param, grads, name, kwargs, stats, scheme="fp8")
-    assert opt.state.get("quantization") == ("fp8" if stats["codes"] else None)
     assert stats["off_by_one"] <= 1e-3 * stats["codes"] + 2, stats
 
 
@@ -292,8 +282,7 @@ def test_threads_and_isa_levels_agree_bitwise(case, scheme):
 
 # ---- dtypes, skipped steps, clipping -------------------------------------------------------------
 
-HALF_CASES = [("Adam", dict(lr=0.01)), ("AdamW", dict(lr=0.01, amsgrad=True)), ("Lion", dict(lr=1e-3)),
-              ("SGD", dict(lr=0.05, momentum=0.9))]
+HALF_CASES = [(cls.__name__, kwargs) for cls, kwargs in rule_table.rows("quantized_half")]
 
 
 @pytest.mark.parametrize("name, kwargs", HALF_CASES)
@@ -348,7 +337,6 @@ def test_bad_input_changes_nothing(quantize_small):
     with pytest.raises(TypeError, match="float64"):
         fastopt.Adam(np.ones(300), state_dtype="8bit")
     m = _blockwise_step.state_like(p, "exp_avg")
-    v = _blockwise_step.state_like(p, "exp_avg_sq")
     short = _blockwise_step.QuantizedState(np.zeros(300, np.uint8), np.zeros(1, np.float32), blockwise.UNSIGNED)
     with pytest.raises(ValueError, match="exp_avg_sq_absmax"):
         fastopt.functional.adam(p, p.copy(), m, short, step=1)

@@ -12,6 +12,7 @@ from fastopt.cuda import _nvrtc
 from fastopt.cuda import blockwise as cuda_blockwise
 
 import cuda_emulator as emu
+import rule_table
 from conftest import random_arrays
 from test_blockwise import CASES, CASE_IDS, HALF_CASES
 
@@ -125,7 +126,8 @@ def test_a_broken_kernel_disagrees_with_the_cpu(old, new, occurrence, scheme):
         _assert_same(cpu, gpu)
 
 
-EMA_RULES = {"AdamW": "Adam", "Lion": "Lion"}  # class: its rule
+# class: its rule
+EMA_RULES = {cls.__name__: fastopt.rules.RULES[cls._rule].NAME for cls, _ in rule_table.rows("quantized_ema")}
 
 
 @pytest.fixture(scope="module")

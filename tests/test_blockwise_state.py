@@ -55,9 +55,12 @@ def test_state_dict_round_trips_and_converts(backend):
 
 # ---- bitsandbytes ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bnb_name, ours, names", [("Adam8bit", "Adam", ("exp_avg", "exp_avg_sq")),
-                                                    ("Lion8bit", "Lion", ("exp_avg",))])
-def test_bitsandbytes_state_converts_both_ways(bnb_name, ours, names):
+BITSANDBYTES_TWINS = [(bnb_name, ours) for rule in fastopt.rules.BUILTIN
+                      for ours, bnb_name in getattr(rule, "BITSANDBYTES", {}).items()]
+
+
+@pytest.mark.parametrize("bnb_name, ours", BITSANDBYTES_TWINS)
+def test_bitsandbytes_state_converts_both_ways(bnb_name, ours):
     """bitsandbytes' CPU 8-bit optimizer state loads into fastopt with the same codes and scales,
     and converts back to the tensors it came from."""
     torch = pytest.importorskip("torch")
@@ -69,6 +72,10 @@ def test_bitsandbytes_state_converts_both_ways(bnb_name, ours, names):
         p.grad = torch.randn(5000, generator=gen)
         opt.step()
     theirs = opt.state_dict()["state"][0]
+    # bitsandbytes' state1, state2 are the first of fastopt's state names.
+    count = sum(key.startswith("state") for key in theirs[blockwise.BNB_NESTED])
+    names = getattr(fastopt, ours)._state_array_names[:count]
+    assert count and len(names) == count
     entry = blockwise.from_bitsandbytes(theirs, names)
     mine = getattr(fastopt, ours)(p.detach().numpy().copy(), lr=1e-3, state_dtype="8bit")
     sd = mine.state_dict()
@@ -87,7 +94,9 @@ def test_bitsandbytes_state_converts_both_ways(bnb_name, ours, names):
     twin = torch.nn.Parameter(p.detach().clone())
     other = getattr(bnb.optim, bnb_name)([twin], lr=1e-3)
     twin.grad = torch.zeros_like(twin)
-    other.step()  # creates the state buffers
+    other.step()  # creates the state buffers (and, with weight decay, moves twin: put it back)
+    with torch.no_grad():
+        twin.copy_(p)
     for key, value in back.items():
         if key == "step":
             other.state[twin][key] = value
@@ -115,7 +124,10 @@ def test_bench_rows_say_what_was_measured():
     mine = [r for r in rows if r["impl"] in ("fastopt[cpu] 8bit", "fastopt[cpu] fp8")]
     assert {r["workload"].split(" n=")[0] for r in mine} == {w[0] for w in quantized.WORKLOADS}
     for r in mine:
-        states = 1 if "Lion" in r["workload"] else 2
+        cls = r["workload"].split(" n=")[0].split()[1]
+        probe = getattr(fastopt, cls)(np.zeros(8192, np.float32), state_dtype="8bit")
+        probe.step(np.ones(8192, np.float32))
+        states = sum(key.endswith("_absmax") for key in probe.state)
         param_bytes = 2 if "bf16" in r["workload"] else 4
         assert r["bytes_per_element"] == 3 * param_bytes + 2 * states
         assert r["state_bytes_per_param"] == pytest.approx(states * (1 + 4 / 256))

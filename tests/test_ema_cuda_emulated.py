@@ -23,7 +23,7 @@ F32 = (_dtypes.CODE_FLOAT32,) * 3
 
 def _names():
     names = cuda.all_ema_kernel_names([ADAM])
-    names += [n for n in cuda.all_ema_kernel_names() if f", float, float, float, float, false, float>" in n]
+    names += [n for n in cuda.all_ema_kernel_names() if ", float, float, float, float, false, float>" in n]
     names += [cuda.norm_kernel_name(c) for c in cuda._CXX_TYPES] + ["sum_partials_kernel"]
     return sorted(set(names))
 

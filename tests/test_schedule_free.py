@@ -8,7 +8,7 @@ import pytest
 
 import fastopt
 from fastopt import functional as F
-from conftest import random_arrays
+from conftest import GROUP_SHAPES, random_arrays, two_group_twins
 from reference import Reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -81,19 +81,14 @@ def test_groups_and_frozen_parameters_match_the_package(backend):
     torch = pytest.importorskip("torch")
     schedulefree = pytest.importorskip("schedulefree")
     rng = np.random.default_rng(3)
-    shapes = [(7,), (3, 5), (1,)]
-    start = [rng.standard_normal(s) for s in shapes]
-    ours = [a.copy() for a in start]
-    theirs = [torch.tensor(a.copy()) for a in start]
     groups = [dict(lr=0.03, warmup_steps=6), dict(lr=0.01, weight_decay=0.1, betas=(0.7, 0.99))]
-    opt = fastopt.AdamWScheduleFree([dict(params=ours[:2], **groups[0]), dict(params=ours[2:], **groups[1])],
-                                    backend=backend)
-    ref = schedulefree.AdamWScheduleFree([dict(params=theirs[:2], **groups[0]), dict(params=theirs[2:], **groups[1])],
-                                         foreach=False)
+    ours, theirs, opt, ref = two_group_twins(torch, rng, groups, fastopt.AdamWScheduleFree,
+                                             schedulefree.AdamWScheduleFree, dict(backend=backend),
+                                             dict(foreach=False))
     ref.train()
     for step in range(20):
         gs = [None if (j == 1 and step < 4) or (j == 0 and step % 5 == 2) else rng.standard_normal(s)
-              for j, s in enumerate(shapes)]
+              for j, s in enumerate(GROUP_SHAPES)]
         for t, g in zip(theirs, gs):
             t.grad = None if g is None else torch.tensor(g.copy())
         opt.step(gs)

@@ -471,21 +471,14 @@ def test_load_state_dict_checks_scalar_state(value, error):
 
 
 def _functional_calls():
-    """Every functional optimizer with valid arrays (states for their richest options)."""
-    def states(count):
-        return [np.zeros(N, np.float32) for _ in range(count)]
-    return {
-        "sgd": (F.sgd, states(1), dict(momentum=0.9, step=2)),
-        "adagrad": (F.adagrad, states(1), dict(step=1)),
-        "rmsprop": (F.rmsprop, states(3), dict(centered=True, momentum=0.9)),
-        "adadelta": (F.adadelta, states(2), {}),
-        "adam": (F.adam, states(3), dict(step=1, amsgrad=True)),
-        "adamw": (F.adamw, states(3), dict(step=1, amsgrad=True)),
-        "adamax": (F.adamax, states(2), dict(step=1)),
-        "nadam": (F.nadam, states(2) + [np.ones(1)], dict(step=1)),
-        "radam": (F.radam, states(2), dict(step=1)),
-        "lion": (F.lion, states(1), {}),
-    }
+    """Every functional optimizer of the rule table with valid arrays (states for their richest
+    options)."""
+    calls = {}
+    for cls, (count, options, *scalar_states) in rule_table.rows("functional"):
+        name = cls.__name__.lower()
+        states = [np.zeros(N, np.float32) for _ in range(count)] + [np.ones(1) for _ in range(sum(scalar_states))]
+        calls[name] = (getattr(F, name), states, options)
+    return calls
 
 
 def _real_hyperparameters(fn):

@@ -14,9 +14,9 @@ namespace fastopt::cpu {
 enum Scheme : int { kScheme8bit = 0, kSchemeFp8 = 1 };
 struct BlockwiseCall {
     StepCall step;
-    uint8_t* codes[3];
-    float* absmax[3];
-    CodeTables tables[3];
+    uint8_t* codes[kStateSlots];
+    float* absmax[kStateSlots];
+    CodeTables tables[kStateSlots];
     Scheme scheme;
 };
 

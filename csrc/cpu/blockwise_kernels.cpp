@@ -8,16 +8,9 @@
 
 #include "blockwise.h"
 #include "ema.h"
-#include "fastopt/math/all.h"
 #include "fastopt/math/step.h"
 #include "parallel.h"
-
-#if !defined(FASTOPT_RULE) || !defined(FASTOPT_ISA_NS)
-#error "compile with -DFASTOPT_RULE=<rule> -DFASTOPT_ISA_NS=<namespace>"
-#endif
-
-#define FASTOPT_CAT2(a, b) a##b
-#define FASTOPT_CAT(a, b) FASTOPT_CAT2(a, b)
+#include "rule_driver.h"
 
 namespace fastopt::cpu::FASTOPT_ISA_NS {
 namespace {

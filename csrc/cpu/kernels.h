@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "fastopt/math/all.h"
+
 namespace fastopt::cpu {
 
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
@@ -19,9 +21,9 @@ struct StepCall {
     void* param;
     const void* grad;
     float* master;       // float32 master weights, for half params; null for stochastic rounding
-    void* states[3];
+    void* states[kStateSlots];
     int64_t n;
-    double scalars[12];  // the rule's per-step scalars, in its documented order
+    double scalars[kMaxRuleScalars];  // the rule's per-step scalars, in its documented order
     double grad_scale, weight_decay, decay_factor;  // docs/algorithms.md's prologue (fastopt/math/step.h)
     uint32_t rounding_seed;  // stochastic rounding of bfloat16 params without master weights
     int num_threads;
@@ -38,13 +40,13 @@ struct StepCall {
 // weight_decay and decay_factor, so per-group hyper-parameters and per-array step counts share
 // the call. All segments share the rule, variant and dtypes; element indices (and so the random
 // bits of stochastic rounding) are local to each array.
-constexpr int kRowScalars = 12;
+constexpr int kRowScalars = kMaxRuleScalars;
 constexpr int kRowWidth = kRowScalars + 3;
 struct Segment {
     void* param;
     const void* grad;
     float* master;
-    void* states[3];
+    void* states[kStateSlots];
     int64_t n, offset;
     int64_t row;
     uint32_t rounding_seed;

@@ -1,19 +1,10 @@
-// The threaded driver of one optimizer rule, compiled once per (rule, ISA level).
-// FASTOPT_RULE names the rule struct of fastopt/math/all.h, FASTOPT_ISA_NS the ISA namespace.
+// The threaded driver of one optimizer rule, compiled once per (rule, ISA level) (rule_driver.h).
 #include <algorithm>
 #include <utility>
 
 #include "ema.h"
-#include "fastopt/math/all.h"
-#include "kernels.h"
 #include "parallel.h"
-
-#if !defined(FASTOPT_RULE) || !defined(FASTOPT_ISA_NS)
-#error "compile with -DFASTOPT_RULE=<rule> -DFASTOPT_ISA_NS=<namespace>"
-#endif
-
-#define FASTOPT_CAT2(a, b) a##b
-#define FASTOPT_CAT(a, b) FASTOPT_CAT2(a, b)
+#include "rule_driver.h"
 
 namespace fastopt::cpu::FASTOPT_ISA_NS {
 namespace {

@@ -7,10 +7,8 @@ one parallel loop (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make
 array, with the same bits."""
 import numpy as np
 
-from . import _blockwise_step, _kernel_call
+from . import _blockwise_step, _kernel_call, rules
 from ._kernel_call import KernelCall
-
-ROW_SCALARS = 12  # csrc/cpu/kernels.h kRowScalars
 
 
 class Call:
@@ -62,10 +60,13 @@ def run(module, rule, calls):
                                                      master, states, row[:-3], row[-3], row[-2], row[-1], seed,
                                                      ema, call.ema_code, weight))
             continue
-        table = np.zeros((len(call.rows), ROW_SCALARS + 3))
+        # A row: the rule scalars (as many as the widest rule's: the extension's rule_scalars),
+        # then grad_scale, weight_decay, decay_factor.
+        width = rules.MAX_SCALARS
+        table = np.zeros((len(call.rows), width + 3))
         for row, r in call.rows.items():
             table[r, :len(row) - 3] = row[:-3]
-            table[r, ROW_SCALARS:] = row[-3:]
+            table[r, width:] = row[-3:]
         multi(rule, variant, param_code, grad_code, state_code, call.params, call.grads,
               call.masters if has_master else None, call.states, table, call.row_of, call.seeds,
               call.emas, call.ema_code, call.ema_weights)

@@ -236,11 +236,11 @@ def _numpy(value):
 
 def from_bitsandbytes(state, names):
     """One parameter's bitsandbytes state as a fastopt state entry (load it with
-    ``opt.load_state_dict``): ``names`` are fastopt's names of state1, state2 (Adam:
-    ("exp_avg", "exp_avg_sq"); Lion and SGD: ("exp_avg",) / ("momentum_buffer",)).
+    ``opt.load_state_dict``): ``names`` are fastopt's names of state1, state2, the first entries
+    of the optimizer's state names (Adam: ("exp_avg", "exp_avg_sq"); SGD: ("momentum_buffer",)).
 
-    Codes are copied when bitsandbytes' map is the one fastopt keeps for that state (Adam's and
-    AdamW's two states, Lion's, SGD's momentum: lossless); otherwise (bitsandbytes' one-state
+    Codes are copied when bitsandbytes' map is the one fastopt keeps for that state (a signed
+    moving average, or Adam's second moment: lossless); otherwise (bitsandbytes' one-state
     RMSprop and Adagrad use the signed map for a non-negative state) the state is dequantized
     with its map and quantized with fastopt's. 32-bit states (a small parameter) come as float32."""
     state = dict(state)

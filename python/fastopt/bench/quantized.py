@@ -4,22 +4,28 @@ one step over n float32 (or bfloat16) elements, CPU.
 Rows per workload: fastopt with quantized state; fastopt with float32 state; torch's fused
 float32 Adam ("torch-fused", whatever the workload's rule: the reference the speed-up is against,
 what a torch user runs today);
-bitsandbytes' CPU Adam8bit / Lion8bit where installed. The limit is the streaming time of the
+bitsandbytes' CPU 8-bit twin where installed (a rule module's BITSANDBYTES names it; the rows
+are the BENCH entries that have one, and the first again with bfloat16 parameters and stochastic
+rounding). The limit is the streaming time of the
 quantized step's own bytes: params read and written, the gradient read, one byte per element per
 state read and written (the block scales, 8 bytes per 256 elements a state, are left out).
 """
 import numpy as np
 
+from .. import rules
 from .bandwidth import Stream
 from .timing import measure
 
-# (workload, fastopt class, hyper-parameters, bitsandbytes class, states, parameter dtype).
-WORKLOADS = (
-    ("8bit Adam", "Adam", dict(lr=1e-3), "Adam8bit", 2, "float32"),
-    ("8bit AdamW", "AdamW", dict(lr=1e-3, weight_decay=1e-2), "AdamW8bit", 2, "float32"),
-    ("8bit Lion", "Lion", dict(lr=1e-4), "Lion8bit", 1, "float32"),
-    ("8bit Adam bf16-SR", "Adam", dict(lr=1e-3), None, 2, "bfloat16"),
-)
+
+def _workloads():
+    rows = [(f"8bit {cls}", cls, dict(hp), bnb, "float32") for rule in rules.BUILTIN for cls, hp in rule.BENCH
+            if (bnb := getattr(rule, "BITSANDBYTES", {}).get(cls))]
+    first = rows[0]
+    return tuple(rows) + ((f"{first[0]} bf16-SR", first[1], first[2], None, "bfloat16"),)
+
+
+# (workload, fastopt class, hyper-parameters, bitsandbytes class, parameter dtype).
+WORKLOADS = _workloads()
 SIZE = 64_000_000
 
 
@@ -51,6 +57,8 @@ class _Fastopt:
             options = dict(stochastic_rounding=True)
         self.param = p
         self.opt = getattr(fastopt, cls)(p, state_dtype=state_dtype, **options, **hp)
+        self.opt.step(self.grad)  # creates the state
+        self.states = sum(name in self.opt.state for name in self.opt._state_array_names)
 
     def step(self):
         self.opt.step(self.grad)
@@ -91,7 +99,7 @@ def task(run, threads, n=SIZE, schemes=("8bit",)):
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
-    for workload, cls, hp, bnb_cls, states, dtype in WORKLOADS:
+    for workload, cls, hp, bnb_cls, dtype in WORKLOADS:
         base = {"kind": "quantized_state", "workload": f"{workload} n={n:.2g}", "dtype": dtype, "threads": threads,
                 "size": n}
         if dtype == "bfloat16" and fastopt._dtypes.BFLOAT16 is None:
@@ -114,6 +122,7 @@ def task(run, threads, n=SIZE, schemes=("8bit",)):
                 except Exception as exc:  # not installed, or no CPU kernels
                     run.add(**base, impl=f"bitsandbytes {bnb_cls}", skipped=f"{type(exc).__name__}: {exc}")
         param_bytes = 2 if dtype == "bfloat16" else 4
+        states = impls[0].states
         streams = _limit_streams(n, states, param_bytes, threads)
         timed = measure([i.step for i in impls] + list(streams), repeats=max(3, cfg.repeats - 4),
                         target_sample_s=cfg.target_sample_s, max_time_s=cfg.max_time_s)

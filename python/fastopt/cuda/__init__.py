@@ -19,7 +19,7 @@ from .._kernel_call import KernelCall
 from ._loader import CupyDevice
 
 SOURCE = "kernels.cu"
-NUM_RULE_SCALARS = 12  # the kernel's k0..k11 (csrc/cpu/kernels.h passes as many)
+NUM_RULE_SCALARS = 12  # the kernels' parameters k0..k11: room for a rule of up to 12 host scalars
 assert MAX_SCALARS <= NUM_RULE_SCALARS, "a rule has more scalars than kernels.cu passes"
 THREADS = 256
 VEC = 4  # kVec in kernels.cu
@@ -101,15 +101,26 @@ def _aligned(arrays, device):
     return all(device.address(a) % (a.itemsize * VEC) == 0 for a in arrays)
 
 
-def optimizer_step(*fields, device=None):
-    """One KernelCall (fastopt._kernel_call), given positionally. `device`: where the kernel runs
-    (default: CuPy on param's GPU; the emulator passes its own)."""
+def prepared_call(fields, device):
+    """(KernelCall of `fields`, its device, whether its bfloat16 params round stochastically, its
+    rule scalars padded to the kernels' k0..k11 as float64), or None for an empty call. `device`:
+    where the kernel runs (None: CuPy on param's GPU; the emulator passes its own)."""
     c = KernelCall(*fields)
-    n = c.param.size
-    if n == 0:
-        return
+    if c.param.size == 0:
+        return None
     device = CupyDevice(c.param) if device is None else device
     stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    k = [np.float64(x) for x in c.scalars] + [np.float64(0.0)] * (NUM_RULE_SCALARS - len(c.scalars))
+    return c, device, stochastic, k
+
+
+def optimizer_step(*fields, device=None):
+    """One KernelCall (fastopt._kernel_call), given positionally, on `device` (prepared_call)."""
+    prepared = prepared_call(fields, device)
+    if prepared is None:
+        return
+    c, device, stochastic, k = prepared
+    n = c.param.size
     name = step_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic)
     used = [c.param, c.grad] + list(c.states) + ([c.master] if c.master is not None else [])
     extra = ()
@@ -119,12 +130,11 @@ def optimizer_step(*fields, device=None):
         extra = (c.ema, np.float64(c.ema_weight))
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(c.states) + [c.param] * (3 - len(c.states))
-    k = list(c.scalars) + [0.0] * (NUM_RULE_SCALARS - len(c.scalars))
     blocks = int(min(_max_blocks(device), -(-n // (THREADS * VEC))))
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
                   (c.param, c.grad, c.master if c.master is not None else c.param, *slots, np.int64(n),
                    np.bool_(_aligned(used, device)), np.float64(c.grad_scale), np.float64(c.weight_decay),
-                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *map(np.float64, k), *extra))
+                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *k, *extra))
 
 
 def _norm_blocks(n):

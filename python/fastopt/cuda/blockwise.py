@@ -5,13 +5,11 @@ import numpy as np
 from .. import blockwise as _bw
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT16, CODE_FLOAT32
 from .._blockwise_step import CODE_FP8
-from .._kernel_call import KernelCall
 from ..rules import NUM_VARIANTS, RULE_NAMES, RULES
-from ._loader import CupyDevice
+from . import prepared_call
 
 SOURCE = "blockwise.cu"
 THREADS = _bw.BLOCK_SIZE  # one thread per element of a quantization block
-NUM_RULE_SCALARS = 12  # the kernel's k0..k11, as kernels.cu
 _TYPES = {CODE_FLOAT32: "float", CODE_FLOAT16: "fastopt::f16_t", CODE_BFLOAT16: "fastopt::bf16_t"}
 _EMA_TYPES = {None: "fastopt::NoEma", CODE_FLOAT32: "float", CODE_BFLOAT16: "fastopt::bf16_t"}
 # (param, grad) codes: float32 params, half params with a gradient of their type or float32.
@@ -42,21 +40,19 @@ def all_ema_kernel_names():
 
 def blockwise_step(*fields, device=None):
     """One KernelCall whose states are (codes, absmax, values, mids, lut) tuples."""
-    c = KernelCall(*fields)
-    n = c.param.size
-    if n == 0:
+    prepared = prepared_call(fields, device)
+    if prepared is None:
         return
-    device = CupyDevice(c.param) if device is None else device
-    stochastic = c.param_code == CODE_BFLOAT16 and c.master is None
+    c, device, stochastic, k = prepared
+    n = c.param.size
     ema_code = None if c.ema is None else c.ema_code
     name = kernel_name(c.rule, c.variant, c.param_code, c.grad_code, stochastic, c.state_code == CODE_FP8, ema_code)
     # Unused slots get param's pointer: the kernel never dereferences them.
     slots = [tuple(s) for s in c.states] + [(c.param,) * 5] * (3 - len(c.states))
-    k = list(c.scalars) + [0.0] * (NUM_RULE_SCALARS - len(c.scalars))
     blocks = int(min(device.multiprocessors() * 8, _bw.num_blocks(n)))
     arrays = [a for s in slots for a in s[:2]] + [a for s in slots for a in s[2:]]
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
                   (c.param, c.grad, c.master if c.master is not None else c.param, *arrays, np.int64(n),
                    np.float64(c.grad_scale), np.float64(c.weight_decay), np.float64(c.decay_factor),
-                   np.uint32(c.rounding_seed), *map(np.float64, k), c.param if c.ema is None else c.ema,
+                   np.uint32(c.rounding_seed), *k, c.param if c.ema is None else c.ema,
                    np.float64(c.ema_weight)))

@@ -7,9 +7,8 @@ from numba import njit, prange
 
 from .. import blockwise as _bw
 from ..rules import RULES
-from .math import _add, _and, _float_to_bits, _or, _shr, _sub, _xor, _U, element_random, float_to_bf16_stochastic, store
-from .math import _bits_to_float, update_for, widen
-from .optim import runs_parallel
+from .math import _add, _and, _bits_to_float, _float_to_bits, _or, _shr, _sub, _xor, _U, update_for
+from .optim import make_element_step, runs_parallel
 
 BLOCK = _bw.BLOCK_SIZE
 LUT_SHIFT, LUT_LOW, LUT_BUCKETS = _bw.LUT_SHIFT, _bw.LUT_LOW, _bw.LUT_BUCKETS
@@ -69,8 +68,9 @@ def quantize_block(s, length, codes, base, mids, lut, fp8):
 
 
 def _make_loop(update, variant, num_states, has_master, param_code, grad_code, stochastic, fp8, ema_code=-1):
-    # ema_code: the EMA of the weights' dtype code, or -1 for none; averaged after each element's
-    # step from the new param (the master where there is one), as the float32-state loop (optim.py).
+    # The element step (and the EMA's lerp, ema_code >= 0) of the float32-state loop (optim.py).
+    step_element = make_element_step(update, variant, has_master, param_code, grad_code, stochastic, ema_code)
+
     def kernel(param, grad, master, c0, a0, v0, m0, l0, c1, a1, v1, m1, l1, c2, a2, v2, m2, l2, k, pro,
                rounding_seed, ema, ema_weight):
         zero = pro[3]
@@ -86,27 +86,11 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
             if num_states > 2:
                 dequantize_block(c2, base, length, block_scale(a2[blk], fp8), v2, s[2])
             for j in range(length):
-                i = base + j
-                p = master[i] if has_master else widen(param[i], param_code)
                 a = s[0, j] if num_states > 0 else zero
                 b = s[1, j] if num_states > 1 else zero
                 c = s[2, j] if num_states > 2 else zero
-                p = p * pro[2]
-                g = widen(grad[i], grad_code) * pro[0]
-                if pro[1] != zero:
-                    g = g + pro[1] * p
-                p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
-                if has_master:
-                    master[i] = p
-                if stochastic:
-                    param[i] = float_to_bf16_stochastic(np.float32(p), element_random(rounding_seed, i))
-                else:
-                    store(param, i, p, param_code)
-                s[0, j], s[1, j], s[2, j] = a, b, c
-                if ema_code >= 0:
-                    v = master[i] if has_master else widen(param[i], param_code)
-                    e = widen(ema[i], ema_code)
-                    store(ema, i, e + ema_weight * (v - e), ema_code)
+                s[0, j], s[1, j], s[2, j] = step_element(base + j, param, grad, master, a, b, c, k, pro,
+                                                         rounding_seed, ema, ema_weight)
             if num_states > 0:
                 a0[blk] = quantize_block(s[0], length, c0, base, m0, l0, fp8)
             if num_states > 1:

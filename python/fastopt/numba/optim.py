@@ -16,38 +16,51 @@ _CACHE = {}
 PARALLEL_THRESHOLD = 1 << 15  # csrc/cpu/kernels.h kParallelThreshold
 
 
+def make_element_step(update, variant, has_master, param_code, grad_code, stochastic, ema_code):
+    """Element i's step from its states (a, b, c), as step.h: the prologue, the rule's update, the
+    param (and master) stored, then the EMA's lerp (ema_code: its dtype code, or -1 for none)
+    from the new param as stored. Returns the new states; the caller stores them. Inlined into
+    the loops (Numba IR), so it costs nothing."""
+    @njit(inline="always")
+    def step_element(i, param, grad, master, a, b, c, k, pro, rounding_seed, ema, ema_weight):
+        p = master[i] if has_master else widen(param[i], param_code)
+        p = p * pro[2]
+        g = widen(grad[i], grad_code) * pro[0]
+        if pro[1] != pro[3]:  # coupled L2 decay (zero in decoupled mode)
+            g = g + pro[1] * p
+        p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
+        if has_master:
+            master[i] = p
+        if stochastic:
+            param[i] = float_to_bf16_stochastic(np.float32(p), element_random(rounding_seed, i))
+        else:
+            store(param, i, p, param_code)
+        if ema_code >= 0:
+            v = master[i] if has_master else widen(param[i], param_code)
+            e = widen(ema[i], ema_code)
+            store(ema, i, e + ema_weight * (v - e), ema_code)
+        return a, b, c
+
+    return step_element
+
+
 def _make_loop(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic,
                ema_code=-1):
-    # ema_code: the EMA's dtype code, or -1 for none; its lerp follows the element's step
-    # (csrc/fastopt/math/ema.h), from the new param as stored (the master where there is one).
+    step_element = make_element_step(update, variant, has_master, param_code, grad_code, stochastic, ema_code)
+
     def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight):
         zero = pro[3]
         for i in prange(param.size):
-            p = master[i] if has_master else widen(param[i], param_code)
             a = widen(s0[i], state_code) if num_states > 0 else zero
             b = widen(s1[i], state_code) if num_states > 1 else zero
             c = widen(s2[i], state_code) if num_states > 2 else zero
-            p = p * pro[2]
-            g = widen(grad[i], grad_code) * pro[0]
-            if pro[1] != zero:  # coupled L2 decay (zero in decoupled mode)
-                g = g + pro[1] * p
-            p, a, b, c = update(variant, p, g, a, b, c, k, pro[3:])
-            if has_master:
-                master[i] = p
-            if stochastic:
-                param[i] = float_to_bf16_stochastic(np.float32(p), element_random(rounding_seed, i))
-            else:
-                store(param, i, p, param_code)
+            a, b, c = step_element(i, param, grad, master, a, b, c, k, pro, rounding_seed, ema, ema_weight)
             if num_states > 0:
                 store(s0, i, a, state_code)
             if num_states > 1:
                 store(s1, i, b, state_code)
             if num_states > 2:
                 store(s2, i, c, state_code)
-            if ema_code >= 0:
-                v = master[i] if has_master else widen(param[i], param_code)
-                e = widen(ema[i], ema_code)
-                store(ema, i, e + ema_weight * (v - e), ema_code)
 
     return kernel
 

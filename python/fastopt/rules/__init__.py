@@ -8,7 +8,8 @@ kernel order), host_scalars, numba_update (the per-element mirror, reading Scala
 CLASSES and FUNCTIONS (the public optimizers and functional entry points), NUMPY_BASELINES
 (class name -> NumPy optimizer) and BENCH ((class name, hyper-parameters) the benchmark runs).
 Optional: TORCH_REFERENCES (class name -> "package.Class", a torch optimizer outside torch.optim
-the benchmark times as its torch reference), GRADLESS_VARIANTS, the variants whose header says reads_grad(v) is false (they are
+the benchmark times as its torch reference), BITSANDBYTES (class name -> the name of its 8-bit
+twin in bitsandbytes.optim: the quantized-state benchmark and tests compare with it), GRADLESS_VARIANTS, the variants whose header says reads_grad(v) is false (they are
 launched with param in the gradient slot, typed as param).
 """
 import importlib

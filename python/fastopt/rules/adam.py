@@ -127,3 +127,4 @@ CLASSES = (Adam, AdamW)
 FUNCTIONS = (adam, adamw)
 NUMPY_BASELINES = {"Adam": NumpyAdam, "AdamW": NumpyAdamW}
 BENCH = (("Adam", (("lr", 1e-3),)), ("AdamW", (("lr", 1e-3), ("weight_decay", 1e-2))))
+BITSANDBYTES = {"Adam": "Adam8bit", "AdamW": "AdamW8bit"}

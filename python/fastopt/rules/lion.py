@@ -72,3 +72,4 @@ CLASSES = (Lion,)
 FUNCTIONS = (lion,)
 NUMPY_BASELINES = {NAME: NumpyLion}
 BENCH = ((NAME, (("lr", 1e-4), ("weight_decay", 1e-2))),)
+BITSANDBYTES = {NAME: "Lion8bit"}
