@@ -52,7 +52,8 @@ LD_PRELOAD="$asan $ubsan" PYTHONPATH="$stage" ASAN_OPTIONS="$ASAN_OPTIONS:log_pa
   tests/test_optimizers.py tests/test_mixed_precision.py tests/test_validation.py \
   tests/test_concurrency.py tests/test_large_index.py tests/test_nan_inf.py tests/test_properties.py \
   tests/test_threads.py \
-  tests/test_batchnorm.py \
+  tests/test_batchnorm.py tests/test_batchnorm_fused.py tests/test_blockwise.py tests/test_ema.py \
+  tests/test_segment_table.py \
   -k "not numba" "$@" || status=$?
 if compgen -G "$stage/report.*" >/dev/null; then
   cat "$stage"/report.* >&2

@@ -184,12 +184,25 @@ def check_against_quantized_reference(opt, param, grads, name, kwargs, stats, sc
             stats["off_by_one"] += off.size
 
 
-# fp8 (E4M3 codes of s / (absmax / 448)) on fewer sizes: its driver is the 8-bit one.
-SCHEME_SIZES = [("8bit", n) for n in SIZES] + [("fp8", n) for n in (7, 257, 1031)]
+def _reference_params():
+    """(case, scheme, n): every case at every size with 8-bit state; fp8 (E4M3 codes of
+    s / (absmax / 448)) on fewer sizes, its driver being the 8-bit one. The size that runs on
+    several threads (and compiles Numba's parallel loops) runs by default for each class's first
+    case; the others are marked slow (their bits are the 1-thread ones: test_threads_and_isa...)."""
+    first = {}
+    for i, (_, cls, _) in enumerate(CASES):
+        first.setdefault(cls, i)
+    params = []
+    for case, (_, cls, _) in enumerate(CASES):
+        for scheme, sizes in (("8bit", SIZES), ("fp8", (7, 257, 1031))):
+            for n in sizes:
+                slow = n == SIZES[-1] and first[cls] != case
+                params.append(pytest.param(case, scheme, n, id=f"{CASE_IDS[case]}-{scheme}-{n}",
+                                           marks=[pytest.mark.slow] if slow else []))
+    return params
 
 
-@pytest.mark.parametrize("scheme, n", SCHEME_SIZES)
-@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+@pytest.mark.parametrize("case, scheme, n", _reference_params())
 def test_matches_quantized_reference(backend, quantize_small, case, scheme, n):
     name, cls, kwargs = CASES[case]
     param, grads = random_arrays(n, np.float32, 0, STEPS)
