@@ -7,7 +7,8 @@ import numpy as np
 
 from .. import _backend, _blockwise_step, _checks, _ema, _kernel_call, _scalars
 from .._kernel_call import KernelCall
-from .._optimizer import OptimizerCore, TORCH_NOOPS, _betas, _flag, option_table  # noqa: F401
+from .._groups import TORCH_NOOPS, _betas, _flag, option_table  # noqa: F401
+from .._optimizer import OptimizerCore  # noqa: F401
 
 nonnegative = _checks.nonnegative
 positive = _checks.positive
