@@ -5,7 +5,7 @@
 
 #include <stdexcept>
 
-#include "bind_arrays.h"
+#include "bind_step.h"
 #include "cpu/blockwise.h"
 #include "cpu/dispatch.h"
 
@@ -33,15 +33,9 @@ void py_blockwise_step(int optimizer, int variant, int param_dtype, int grad_dty
                        double grad_scale, double weight_decay, double decay_factor, uint32_t rounding_seed,
                        py::object ema, int ema_dtype, double ema_weight) {
     BlockwiseCall call{};
-    StepCall& s = call.step;
-    s.optimizer = optimizer;
-    s.variant = variant;
-    s.param_dtype = DType(param_dtype);
-    s.grad_dtype = DType(grad_dtype);
-    s.state_dtype = DType(state_dtype);
-    s.param = param.mutable_data();
-    s.grad = grad.data();
-    s.master = static_cast<float*>(fastopt::bind::mutable_data_or_null(master));
+    fastopt::bind::set_rule(call.step, optimizer, variant, param_dtype, grad_dtype, state_dtype);
+    fastopt::bind::set_step(call.step, param, grad, master, scalars, grad_scale, weight_decay, decay_factor,
+                            rounding_seed, ema, ema_dtype, ema_weight);
     if (states.size() > std::size(call.codes)) throw std::invalid_argument("too many state arrays");
     for (size_t j = 0; j < states.size(); ++j) {
         py::tuple slot = states[j].cast<py::tuple>();
@@ -50,17 +44,6 @@ void py_blockwise_step(int optimizer, int variant, int param_dtype, int grad_dty
         call.absmax[j] = pointer<float>(slot[1]);
         call.tables[j] = fastopt::CodeTables{pointer<float>(slot[2]), pointer<float>(slot[3]), pointer<int32_t>(slot[4])};
     }
-    if (scalars.size() > std::size(s.scalars)) throw std::invalid_argument("too many scalars");
-    for (size_t i = 0; i < scalars.size(); ++i) s.scalars[i] = scalars[i].cast<double>();
-    s.n = param.size();
-    s.grad_scale = grad_scale;
-    s.weight_decay = weight_decay;
-    s.decay_factor = decay_factor;
-    s.rounding_seed = rounding_seed;
-    s.ema = fastopt::bind::mutable_data_or_null(ema);
-    s.ema_dtype = DType(ema_dtype);
-    s.ema_weight = ema_weight;
-    s.num_threads = num_threads();
     call.scheme = state_dtype == kStateCodeFp8 ? kSchemeFp8 : kScheme8bit;
     py::gil_scoped_release release;
     fastopt::cpu::blockwise_step(call);

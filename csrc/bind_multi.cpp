@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "bind_step.h"
 #include "cpu/dispatch.h"
 #include "cpu/parallel.h"
 
@@ -63,11 +64,7 @@ void py_multi_step(int optimizer, int variant, int param_dtype, int grad_dtype, 
     }
     if (table.empty()) return;
     MultiStepCall call{};
-    call.optimizer = optimizer;
-    call.variant = variant;
-    call.param_dtype = DType(param_dtype);
-    call.grad_dtype = DType(grad_dtype);
-    call.state_dtype = DType(state_dtype);
+    fastopt::bind::set_rule(call, optimizer, variant, param_dtype, grad_dtype, state_dtype);
     call.has_master = has_master;
     call.segments = table.data();
     call.num_segments = int64_t(table.size());

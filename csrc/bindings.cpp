@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "bind_arrays.h"
+#include "bind_step.h"
 #include "cpu/dispatch.h"
 #include "cpu/thread_pool.h"
 #include "fastopt/math/all.h"
@@ -26,42 +26,20 @@ void register_blockwise(py::module_& m);  // bind_blockwise.cpp
 
 namespace {
 
-void* data_of(py::array& a) { return a.mutable_data(); }
-
 void py_optimizer_step(int optimizer, int variant, int param_dtype, int grad_dtype, int state_dtype,
                     py::array param, py::array grad, py::object master, py::tuple states,
                     py::tuple scalars, double grad_scale, double weight_decay,
                     double decay_factor, uint32_t rounding_seed, py::object ema, int ema_dtype,
                     double ema_weight) {
     StepCall call{};
-    call.optimizer = optimizer;
-    call.variant = variant;
-    call.param_dtype = DType(param_dtype);
-    call.grad_dtype = DType(grad_dtype);
-    call.state_dtype = DType(state_dtype);
-    call.param = data_of(param);
-    call.grad = grad.data();
-    call.master = static_cast<float*>(fastopt::bind::mutable_data_or_null(master));
+    fastopt::bind::set_rule(call, optimizer, variant, param_dtype, grad_dtype, state_dtype);
+    fastopt::bind::set_step(call, param, grad, master, scalars, grad_scale, weight_decay, decay_factor,
+                            rounding_seed, ema, ema_dtype, ema_weight);
     if (states.size() > std::size(call.states)) throw std::invalid_argument("too many state arrays");
     for (size_t i = 0; i < states.size(); ++i) {
         py::array s = states[i].cast<py::array>();
         call.states[i] = s.mutable_data();
     }
-    if (scalars.size() > std::size(call.scalars)) throw std::invalid_argument("too many scalars");
-    // Read straight from the tuple: converting it to a std::vector costs more than a small step.
-    for (size_t i = 0; i < scalars.size(); ++i) {
-        call.scalars[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(scalars.ptr(), i));
-        if (call.scalars[i] == -1.0 && PyErr_Occurred()) throw py::error_already_set();
-    }
-    call.n = param.size();
-    call.grad_scale = grad_scale;
-    call.weight_decay = weight_decay;
-    call.decay_factor = decay_factor;
-    call.rounding_seed = rounding_seed;
-    call.num_threads = num_threads();
-    call.ema = fastopt::bind::mutable_data_or_null(ema);
-    call.ema_dtype = DType(ema_dtype);
-    call.ema_weight = ema_weight;
     py::gil_scoped_release release;
     fastopt::cpu::optimizer_step(call);
 }
