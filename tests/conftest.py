@@ -18,6 +18,24 @@ def backend(request):
     return request.param
 
 
+# Arrays from this size on run on Numba's parallel loops, which take seconds to compile each.
+NUMBA_PARALLEL_SIZE = 1 << 15
+
+
+def backends_by_layout(layouts):
+    """(backend, shape, axis) over CPU_BACKENDS x layouts, for a test that parametrizes `backend`
+    indirectly: the Numba cases of layouts big enough for its parallel loops are marked slow
+    (those loops are checked against the float64 reference on the thread-count tests' shapes,
+    and bit for bit against the CPU backend)."""
+    params = []
+    for backend in CPU_BACKENDS:
+        for shape, axis in layouts:
+            slow = backend == "numba" and int(np.prod(shape)) >= NUMBA_PARALLEL_SIZE
+            params.append(pytest.param(backend, shape, axis, id=f"{backend}-{shape}-{axis}",
+                                       marks=[pytest.mark.slow] if slow else []))
+    return params
+
+
 def random_arrays(n, dtype, seed, steps):
     """An initial parameter and one gradient per step, reproducible."""
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ import pytest
 
 import bn_reference as ref
 import fastopt
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, backends_by_layout
 from fastopt._dtypes import BFLOAT16
 
 DTYPES = [np.float32, np.float64, np.float16] + ([BFLOAT16] if BFLOAT16 is not None else [])
@@ -62,7 +62,7 @@ def _channels_of(shape, axis):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("backend, shape, axis", backends_by_layout(LAYOUTS), indirect=["backend"])
 @pytest.mark.parametrize("affine", [True, False])
 def test_forward_training(backend, dtype, shape, axis, affine):
     x = _data(shape, dtype, 1)
@@ -108,7 +108,7 @@ def test_forward_eval(backend, dtype, shape, axis):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("backend, shape, axis", backends_by_layout(LAYOUTS), indirect=["backend"])
 @pytest.mark.parametrize("training", [True, False])
 def test_backward(backend, dtype, shape, axis, training):
     x = _data(shape, dtype, 7)

@@ -12,7 +12,7 @@ import pytest
 
 import bn_reference as ref
 import fastopt
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, backends_by_layout
 from fastopt._dtypes import BFLOAT16
 
 DTYPES = [np.float32, np.float64, np.float16] + ([BFLOAT16] if BFLOAT16 is not None else [])
@@ -105,7 +105,7 @@ def _fused(x, z, dy, weight, bias, rm, rv, axis, training, backend, residual=Tru
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("backend, shape, axis", backends_by_layout(LAYOUTS), indirect=["backend"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("params", ["weight", "weight, zero bias", "none"])
 @pytest.mark.parametrize("residual", [True, False])
