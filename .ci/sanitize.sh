@@ -2,8 +2,11 @@
 # Builds the C++ extension with AddressSanitizer and UndefinedBehaviorSanitizer and runs the tests
 # that exercise it. Any sanitizer report aborts the run (halt_on_error, -fno-sanitize-recover),
 # so this script fails on the first one. Needs the test dependencies in the active Python.
+#   .ci/sanitize.sh [--build-only] [pytest options]    SANITIZE_JOBS: compile jobs (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=false
+if [ "${1:-}" = "--build-only" ]; then build_only=true; shift; fi
 py=${PYTHON:-python}
 build=build/sanitize
 stage=$(mktemp -d)
@@ -13,7 +16,8 @@ trap 'rm -rf "$stage"' EXIT
 # function and line; full -g made the build 1.7x slower).
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g1 -DFASTOPT_SANITIZE=ON \
   -Dpybind11_DIR="$($py -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v $py)" >/dev/null
-cmake --build "$build" --parallel 2 >/dev/null
+cmake --build "$build" --parallel "${SANITIZE_JOBS:-2}" >/dev/null
+if $build_only; then exit 0; fi
 # A copy of the package with the sanitized extension, so the installed one is left alone.
 cp -r python/fastopt "$stage/fastopt"
 rm -f "$stage"/fastopt/_cpu*.so
