@@ -18,19 +18,17 @@ def backend(request):
     return request.param
 
 
-# Arrays from this size on run on Numba's parallel loops, which take seconds to compile each.
-NUMBA_PARALLEL_SIZE = 1 << 15
-
-
 def backends_by_layout(layouts):
     """(backend, shape, axis) over CPU_BACKENDS x layouts, for a test that parametrizes `backend`
     indirectly: the Numba cases of layouts big enough for its parallel loops are marked slow
     (those loops are checked against the float64 reference on the thread-count tests' shapes,
     and bit for bit against the CPU backend)."""
+    if "numba" in CPU_BACKENDS:
+        from fastopt.numba.optim import runs_parallel  # parallel loops take seconds to compile each
     params = []
     for backend in CPU_BACKENDS:
         for shape, axis in layouts:
-            slow = backend == "numba" and int(np.prod(shape)) >= NUMBA_PARALLEL_SIZE
+            slow = backend == "numba" and runs_parallel(int(np.prod(shape)))
             params.append(pytest.param(backend, shape, axis, id=f"{backend}-{shape}-{axis}",
                                        marks=[pytest.mark.slow] if slow else []))
     return params
