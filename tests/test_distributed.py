@@ -10,17 +10,22 @@ import sys
 
 import pytest
 
+import fastopt
+
 pytest.importorskip("mpi4py")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "tests" / "mpi"
+# The ranks import the fastopt this process tests (an installed wheel or the in-place build), not
+# whatever python/ holds: a source tree without the extension would run them on Numba.
+PACKAGE_PARENT = pathlib.Path(fastopt.__file__).resolve().parent.parent
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(pathlib.Path(sys.executable).parent))
 if MPIEXEC is None:
     pytest.skip("no mpiexec (pip install mpich)", allow_module_level=True)
 
 
 def launch(worker, ranks, *args, timeout=120, expect_ok=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "python"),
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PACKAGE_PARENT),
                # Oversubscribed ranks must yield the core while they wait, or they spin each other out.
                MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(WORKERS / worker), *map(str, args)]
@@ -93,7 +98,7 @@ def test_example_trains_data_parallel_like_one_process():
 
 def test_benchmark_counts_the_bytes_of_the_formula(tmp_path):
     out = tmp_path / "distributed.md"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT))
     subprocess.run([sys.executable, str(ROOT / "bench" / "bench_distributed.py"), "--ranks", "1,2", "--size",
                     str(4 * 8192), "--steps", "2", "--out", str(out)], env=env, check=True, timeout=120,
                    capture_output=True)
