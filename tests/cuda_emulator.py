@@ -181,6 +181,13 @@ class _Staged:
             _host_bytes(lo, size)[...] = raw[offset:offset + size]
 
 
+class _PointerTable:
+    """A kernel argument holding the device addresses of `arrays` (staged with the launch)."""
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+
+
 class EmulatedDevice:
     """The device protocol of fastopt.cuda._loader.CupyDevice, on the emulator."""
 
@@ -215,6 +222,12 @@ class EmulatedDevice:
     def to_float(self, a):
         return float(a[0])
 
+    def upload(self, host):
+        return np.array(host)
+
+    def pointer_table(self, arrays):
+        return _PointerTable(arrays)
+
     def launch(self, source_name, name_expressions, name, grid, block, args):
         if name not in name_expressions:
             raise EmulatorError(f"{name} is not among the instantiations compiled with it")
@@ -225,12 +238,21 @@ class EmulatedDevice:
         threads = block[0] * block[1] * block[2]
         if threads > self.bounds.get(kernel, 1024):
             raise EmulatorError(f"{name}: {threads} threads per block, over its __launch_bounds__")
-        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        tables = [a for a in args if isinstance(a, _PointerTable)]
+        arrays = [a for a in args if isinstance(a, np.ndarray)] + [a for t in tables for a in t.arrays]
         for a in arrays:
             if not a.flags.c_contiguous:
                 raise EmulatorError(f"{name}: a kernel argument is not contiguous")
         staged = _Staged(arrays)
-        packed = [("p", 8, staged.address(a)) if isinstance(a, np.ndarray) else _arg(a) for a in args]
+        # A pointer table holds the staged (guarded) addresses, and is itself a staged buffer.
+        addresses = {id(t): np.array([staged.address(a) for a in t.arrays], np.uint64) for t in tables}
+        staged_tables = _Staged(list(addresses.values()))
+
+        def pack(a):
+            if isinstance(a, _PointerTable):
+                return "p", 8, staged_tables.address(addresses[id(a)])
+            return ("p", 8, staged.address(a)) if isinstance(a, np.ndarray) else _arg(a)
+        packed = [pack(a) for a in args]
         self.launched.append((name, grid, block))
         n = len(packed)
         status = self.lib.fo_emu_launch(
@@ -239,6 +261,7 @@ class EmulatedDevice:
             (ctypes.c_uint64 * n)(*[b for _, _, b in packed]))
         if status:
             raise EmulatorError(self.lib.fo_emu_last_error().decode())
+        staged_tables.finish(name)
         staged.finish(name)
 
 
@@ -250,6 +273,7 @@ class _Kernels:
         from fastopt.cuda import batchnorm
 
         self.optimizer_step = lambda *a: cuda.optimizer_step(*a, device=device)
+        self.multi_step = lambda *a: cuda.multi_step(*a, device=device)
         self.sum_of_squares = lambda *a: cuda.sum_of_squares(*a, device=device)
         self.blockwise_step = lambda *a: cuda.blockwise_step(*a, device=device)
         self.batch_norm_forward = lambda *a: batchnorm.batch_norm_forward(*a, device=device)

@@ -3,8 +3,9 @@
 The arrays of a step that share the rule's variant and their dtypes form one call; each array
 (a segment) points at a row of scalars (its group's hyper-parameters and its own step count), so
 groups and per-array bias corrections ride in the same call. The cpu backend walks the table in
-one parallel loop (csrc/cpu/optim_kernels.cpp); the numba and cuda backends make one call per
-array, with the same bits."""
+one parallel loop (csrc/cpu/optim_kernels.cpp), the cuda backend in one launch (each block a
+chunk of one array: cuda/kernels.cu); the numba backend makes one call per array. The same bits
+either way."""
 import numpy as np
 
 from . import _blockwise_step, _kernel_call, rules

@@ -23,6 +23,7 @@ NUM_RULE_SCALARS = 12  # the kernels' parameters k0..k11: room for a rule of up 
 assert MAX_SCALARS <= NUM_RULE_SCALARS, "a rule has more scalars than kernels.cu passes"
 THREADS = 256
 VEC = 4  # kVec in kernels.cu
+CHUNK = 8192  # kChunk: the elements of a segment one block of a segment-table launch steps
 
 _CXX_TYPES = {CODE_FLOAT32: "float", CODE_FLOAT64: "double", CODE_FLOAT16: "fastopt::f16_t",
               CODE_BFLOAT16: "fastopt::bf16_t"}
@@ -131,10 +132,49 @@ def optimizer_step(*fields, device=None):
     # Unused pointer slots get param's pointer: the kernel never dereferences them.
     slots = list(c.states) + [c.param] * (3 - len(c.states))
     blocks = int(min(_max_blocks(device), -(-n // (THREADS * VEC))))
+    no_table = (c.param, c.param, np.int32(0), c.param, c.param)  # never dereferenced
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
                   (c.param, c.grad, c.master if c.master is not None else c.param, *slots, np.int64(n),
                    np.bool_(_aligned(used, device)), np.float64(c.grad_scale), np.float64(c.weight_decay),
-                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *k, *extra))
+                   np.float64(c.decay_factor), np.uint32(c.rounding_seed), *k, *no_table, *extra))
+
+
+def multi_step(rule, variant, param_code, grad_code, state_code, params, grads, masters, states, table, row_of,
+               seeds, emas, ema_code, ema_weights, device=None):
+    """Many arrays of one rule, variant and dtype combination in one launch: the segment table of
+    fastopt._multi (the CPU extension's multi_step signature). `table`: one row per distinct
+    hyper-parameter set, the rule's scalars then grad_scale, weight_decay and decay_factor in its
+    last three columns; `row_of`, `seeds`: each array's row and rounding seed."""
+    live = [j for j, p in enumerate(params) if p.size]
+    if not live:
+        return
+    device = CupyDevice(params[live[0]]) if device is None else device
+    stochastic = param_code == CODE_BFLOAT16 and masters is None
+    name = step_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic)
+    if emas is not None:
+        name = ema_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic, ema_code)
+    pointed, fields, first_block = [], [], 0
+    for j in live:
+        param, segment_states = params[j], list(states[j])
+        master = masters[j] if masters is not None else None
+        ema = emas[j] if emas is not None else None
+        used = [param, grads[j], *segment_states] + [a for a in (master, ema) if a is not None]
+        pointed += [param, grads[j], param if master is None else master,
+                    *segment_states, *[param] * (3 - len(segment_states)), param if ema is None else ema]
+        fields += [param.size, row_of[j], seeds[j], int(_aligned(used, device)), first_block]
+        first_block += -(-param.size // CHUNK)
+    rows = np.zeros((len(table), NUM_RULE_SCALARS + 3))
+    rows[:, :table.shape[1] - 3] = table[:, :-3]
+    rows[:, NUM_RULE_SCALARS:] = table[:, -3:]
+    weights = np.array([ema_weights[j] for j in live] if emas is not None else [0.0])
+    segment_table = (device.pointer_table(pointed), device.upload(np.array(fields, np.int64)),
+                     np.int32(len(live)), device.upload(rows.ravel()), device.upload(weights))
+    first = params[live[0]]  # the single-array arguments are unused with a table
+    extra = (first, np.float64(0.0)) if emas is not None else ()
+    device.launch(SOURCE, (name,), name, (first_block,), (THREADS,),
+                  (first, first, first, first, first, first, np.int64(0), np.bool_(False), np.float64(0.0),
+                   np.float64(0.0), np.float64(0.0), np.uint32(0), *[np.float64(0.0)] * NUM_RULE_SCALARS,
+                   *segment_table, *extra))
 
 
 def _norm_blocks(n):
@@ -159,5 +199,5 @@ def sum_of_squares(code, x, device=None):
 
 from .blockwise import blockwise_step  # noqa: E402  (quantized states: blockwise.cu)
 
-__all__ = ["optimizer_step", "sum_of_squares", "blockwise_step", "all_kernel_names", "step_kernel_name",
+__all__ = ["optimizer_step", "multi_step", "sum_of_squares", "blockwise_step", "all_kernel_names", "step_kernel_name",
            "ema_kernel_name", "all_ema_kernel_names"]

@@ -2,6 +2,8 @@
 (in memory here, and on disk by CuPy's kernel cache)."""
 import functools
 
+import numpy as np
+
 from ._nvrtc import nvrtc_options, read_source
 
 
@@ -51,6 +53,20 @@ class CupyDevice:
 
         with self._device:
             return cupy.zeros(n, dtype)
+
+    def upload(self, host):
+        """A device copy of the NumPy array `host`."""
+        import cupy
+
+        with self._device:
+            return cupy.asarray(host)
+
+    def pointer_table(self, arrays):
+        """A device array of the addresses of `arrays` (uint64), for a kernel argument; the arrays
+        must stay alive until the launch that reads it has run."""
+        import numpy as np
+
+        return self.upload(np.array([a.data.ptr for a in arrays], np.uint64))
 
     def launch(self, source_name, name_expressions, name, grid, block, args):
         """Runs `name`, one of the instantiations `name_expressions` compiled together."""
