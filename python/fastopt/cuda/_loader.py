@@ -64,8 +64,6 @@ class CupyDevice:
     def pointer_table(self, arrays):
         """A device array of the addresses of `arrays` (uint64), for a kernel argument; the arrays
         must stay alive until the launch that reads it has run."""
-        import numpy as np
-
         return self.upload(np.array([a.data.ptr for a in arrays], np.uint64))
 
     def launch(self, source_name, name_expressions, name, grid, block, args):
