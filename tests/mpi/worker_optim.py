@@ -141,6 +141,24 @@ def main():
             check(np.array_equal(bits(param), bits(ref)), "ZeRO-2 buckets, deterministic")
         else:
             check(np.allclose(param, ref, rtol=1e-4, atol=1e-5), "ZeRO-2 buckets, fast")
+    # Quantized state: shard boundaries fall on multiples of the 256-element state blocks, so a
+    # shard's blocks are those of one process; a shard below MIN_QUANTIZED_SIZE (the short last
+    # one) keeps float32 state, as any array that small does.
+    for cls, lr in ((fastopt.Adam, 1e-2), (fastopt.AdamW, 1e-2), (fastopt.Lion, 1e-3)):
+        for scheme in ("8bit", "fp8"):
+            param, ref, opt, _ = run_pair(cls, dict(lr=lr, state_dtype=scheme), np.float32, deterministic=True,
+                                          step_kw=dict(max_grad_norm=50.0))
+            layout = opt.layout
+            for r, (o, c) in enumerate(zip(layout.offsets, layout.counts)):
+                quantized = c >= fastopt.blockwise.MIN_QUANTIZED_SIZE
+                if quantized:
+                    check(np.array_equal(bits(param[o:o + c]), bits(ref[o:o + c])), f"{cls.__name__} {scheme}: shard {r}")
+                elif c:
+                    close = np.allclose(param[o:o + c], ref[o:o + c], rtol=0, atol=50 * lr)
+                    check(close, f"{cls.__name__} {scheme}: short shard {r} (float32 state) strays")
+                if r == RANK and c:
+                    kinds = {v.dtype for v in opt.state.values() if isinstance(v, np.ndarray) and v.ndim}
+                    check((np.dtype(np.uint8) in kinds) == quantized, f"{cls.__name__} {scheme}: state of shard {r}")
     # Bytes: reduce-scatter and all-gather payloads, (N-1)/N of the padded buffer each.
     p = np.zeros(N * 4 * NORM_BLOCK, np.float32)
     opt = ShardedOptimizer(fastopt.SGD, p, comm, lr=0.1)
