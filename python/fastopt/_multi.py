@@ -4,8 +4,8 @@ The arrays of a step that share the rule's variant and their dtypes form one cal
 (a segment) points at a row of scalars (its group's hyper-parameters and its own step count), so
 groups and per-array bias corrections ride in the same call. The cpu backend walks the table in
 one parallel loop (csrc/cpu/optim_kernels.cpp), the cuda backend in one launch (each block a
-chunk of one array: cuda/kernels.cu); the numba backend makes one call per array. The same bits
-either way."""
+chunk of one array: cuda/kernels.cu), the numba backend in one jitted loop over chunks
+(numba/multi.py). The bits are those of one call per array, which quantized states still make."""
 import numpy as np
 
 from . import _blockwise_step, _kernel_call, rules

@@ -11,6 +11,7 @@ from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
 from .._kernel_call import KernelCall
 from ..rules import RULES
 from .math import storage as _storage
+from .multi import multi_step  # noqa: F401  (the segment table: a list of arrays in one call)
 from .optim import kernel_for, runs_parallel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
