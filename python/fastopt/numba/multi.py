@@ -10,8 +10,8 @@ from numba.extending import intrinsic
 
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
 from ..rules import RULES
-from .math import storage, store, update_for, widen
-from .optim import make_element_step, runs_parallel
+from .math import storage, update_for
+from .optim import make_indexed_step, runs_parallel
 
 CHUNK = 8192  # elements of one array a parallel iteration steps
 POINTERS = 7  # per array: param, grad, master, s0, s1, s2, EMA (unused ones repeat param's)
@@ -39,8 +39,8 @@ def _scalars_maker(rule):
 
 
 def _make_loop(rule, variant, num_states, has_master, param_code, grad_code, state_code, stochastic, ema_code):
-    update = update_for(RULES[rule])
-    step_element = make_element_step(update, variant, has_master, param_code, grad_code, stochastic, ema_code)
+    step_at = make_indexed_step(update_for(RULES[rule]), variant, num_states, has_master, param_code, grad_code,
+                                state_code, stochastic, ema_code)
     make_scalars = _scalars_maker(rule)
     carray = numba.carray
 
@@ -59,20 +59,10 @@ def _make_loop(rule, variant, num_states, has_master, param_code, grad_code, sta
             ema = carray(_pointer_like(at[6], like_ema), n if ema_code >= 0 else 0)
             k = make_scalars(rows[row_of[s]])
             pro = prologues[row_of[s]]
-            zero = pro[3]
             seed = np.uint32(seeds[s])
             weight = ema_weights[s]
             for i in range(chunk_start[q], min(chunk_start[q] + CHUNK, n)):
-                a = widen(s0[i], state_code) if num_states > 0 else zero
-                b = widen(s1[i], state_code) if num_states > 1 else zero
-                c = widen(s2[i], state_code) if num_states > 2 else zero
-                a, b, c = step_element(i, param, grad, master, a, b, c, k, pro, seed, ema, weight)
-                if num_states > 0:
-                    store(s0, i, a, state_code)
-                if num_states > 1:
-                    store(s1, i, b, state_code)
-                if num_states > 2:
-                    store(s2, i, c, state_code)
+                step_at(i, param, grad, master, s0, s1, s2, k, pro, seed, ema, weight)
 
     return kernel
 

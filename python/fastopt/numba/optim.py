@@ -44,23 +44,35 @@ def make_element_step(update, variant, has_master, param_code, grad_code, stocha
     return step_element
 
 
-def _make_loop(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic,
-               ema_code=-1):
+def make_indexed_step(update, variant, num_states, has_master, param_code, grad_code, state_code, stochastic,
+                      ema_code=-1):
+    """Element i's whole step: its states loaded, make_element_step's step, its states stored.
+    Inlined into the loops (this one and numba/multi.py's)."""
     step_element = make_element_step(update, variant, has_master, param_code, grad_code, stochastic, ema_code)
 
-    def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight):
+    @njit(inline="always")
+    def step_at(i, param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight):
         zero = pro[3]
+        a = widen(s0[i], state_code) if num_states > 0 else zero
+        b = widen(s1[i], state_code) if num_states > 1 else zero
+        c = widen(s2[i], state_code) if num_states > 2 else zero
+        a, b, c = step_element(i, param, grad, master, a, b, c, k, pro, rounding_seed, ema, ema_weight)
+        if num_states > 0:
+            store(s0, i, a, state_code)
+        if num_states > 1:
+            store(s1, i, b, state_code)
+        if num_states > 2:
+            store(s2, i, c, state_code)
+
+    return step_at
+
+
+def _make_loop(update, *constants):
+    step_at = make_indexed_step(update, *constants)
+
+    def kernel(param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight):
         for i in prange(param.size):
-            a = widen(s0[i], state_code) if num_states > 0 else zero
-            b = widen(s1[i], state_code) if num_states > 1 else zero
-            c = widen(s2[i], state_code) if num_states > 2 else zero
-            a, b, c = step_element(i, param, grad, master, a, b, c, k, pro, rounding_seed, ema, ema_weight)
-            if num_states > 0:
-                store(s0, i, a, state_code)
-            if num_states > 1:
-                store(s1, i, b, state_code)
-            if num_states > 2:
-                store(s2, i, c, state_code)
+            step_at(i, param, grad, master, s0, s1, s2, k, pro, rounding_seed, ema, ema_weight)
 
     return kernel
 
