@@ -1,6 +1,7 @@
 """Whole training steps, as users run them: forward and backward in NumPy (its BLAS threads), then
 the optimizer; the same model in torch with torch.optim's fused Adam. Timed on a quiet machine,
-beside one and two busy processes, and as two training processes at once.
+beside one and two busy processes, and as two training processes at once (at their defaults, and
+each told half the cores through the thread-count variables of BLAS, OpenMP and fastopt).
 
 `python -m fastopt bench --only training` runs it. Each measurement is a fresh worker process
 (`python -m fastopt.bench.training MODEL IMPL`) printing one JSON line, so that the conditions
@@ -22,8 +23,12 @@ MODELS = {
     "mlp-784-2048-2048-10": ((784, 2048, 2048, 10), 256, False, 12, 3),
 }
 # "torch+fastopt": the torch model and autograd, its parameters stepped by fastopt (torch's own
-# OpenMP threads and fastopt's in one process).
-IMPLS = ("fastopt", "numpy", "torch", "torch+fastopt")
+# OpenMP threads and fastopt's in one process). "no optimizer": the NumPy model's forward and
+# backward alone, what the NumPy loops cost without any optimizer.
+IMPLS = ("fastopt", "numpy", "torch", "torch+fastopt", "no optimizer")
+PAIR_START_S = 6.0  # from spawning two trainers to their first timed step: after imports and warm-up
+# What sets the thread counts of NumPy's BLAS (OpenBLAS, MKL), of torch (OpenMP) and of fastopt.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LR = 1e-3
 
 
@@ -116,6 +121,8 @@ def _numpy_trainer(widths, batchnorm, impl):
 
         opt = fastopt.Adam(model.flat.data, lr=LR)
         return model.forward_backward, lambda: opt.step(model.flat.grad)
+    if impl == "no optimizer":
+        return model.forward_backward, lambda: None
     # One NumPy optimizer per tensor, as NumPy training code is written.
     opts = [NumpyAdam(p, lr=LR) for p in model.flat.views]
     grads = model.flat.grad_views
@@ -162,8 +169,11 @@ def _torch_trainer(widths, batchnorm, optimizer="torch"):
     return forward_backward, step, batch
 
 
-def worker(model_name, impl):
-    """Trains for the model's step count; returns the median step and optimizer times (ms)."""
+def worker(model_name, impl, start_at=None):
+    """Trains for the model's step count; returns the median step and optimizer times (ms).
+    `start_at` (a time.time() value): the timed steps wait for it, after the warm-up, so that two
+    trainers started together time their steps side by side, not one's steps beside the other's
+    start-up."""
     widths, batch, batchnorm, steps, warmup = MODELS[model_name]
     rng = np.random.default_rng(1)
     batches = [_batch(widths, batch, rng) for _ in range(8)]
@@ -174,6 +184,8 @@ def worker(model_name, impl):
         forward_backward, step = _numpy_trainer(widths, batchnorm, impl)
     totals, optimizer = [], []
     for i in range(warmup + steps):
+        if i == warmup and start_at is not None:
+            time.sleep(max(0.0, start_at - time.time()))
         x, labels = batches[i % len(batches)]
         t0 = time.perf_counter()
         forward_backward(x, labels)
@@ -187,12 +199,17 @@ def worker(model_name, impl):
             "wall_s": sum(totals)}
 
 
-def _spawn(model_name, impl, cpus=None):
+def _spawn(model_name, impl, cpus=None, threads=None, start_at=None):
+    """A worker process; `cpus`: its affinity mask; `threads`: the thread count every runtime in it
+    is told (BLAS, OpenMP, fastopt), as one gives each of several processes its share of the cores."""
     code = ("import json, os, sys\n"
             + (f"os.sched_setaffinity(0, {sorted(cpus)!r})\n" if cpus else "")
             + "from fastopt.bench.training import worker\n"
-            + f"print(json.dumps(worker({model_name!r}, {impl!r})))\n")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+            + f"print(json.dumps(worker({model_name!r}, {impl!r}, {start_at!r})))\n")
+    env = None
+    if threads is not None:
+        env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
 
 
 def _collect(proc):
@@ -240,10 +257,15 @@ def run_training(models=None, impls=IMPLS, out=sys.stderr):
                 with BusyProcesses(busy):
                     record(f"{busy} busy process" + ("es" if busy > 1 else ""), _collect(_spawn(model_name, impl)))
             record(f"alone on {len(half)} of {len(cpus)} CPUs", _collect(_spawn(model_name, impl, half)))
-            pair = [_spawn(model_name, impl) for _ in range(2)]
-            results = [_collect(p) for p in pair]
-            slowest = max(results, key=lambda r: r["step_ms"])
-            record("two trainers at once", slowest, both_step_ms=[r["step_ms"] for r in results])
+            # Two trainers at once: at their defaults (each runtime takes every core), and each
+            # process told half the cores.
+            for condition, threads in (("two trainers at once", None),
+                                       ("two at once, half the cores each", len(half))):
+                start_at = time.time() + PAIR_START_S
+                pair = [_spawn(model_name, impl, threads=threads, start_at=start_at) for _ in range(2)]
+                results = [_collect(p) for p in pair]
+                slowest = max(results, key=lambda r: r["step_ms"])
+                record(condition, slowest, both_step_ms=[r["step_ms"] for r in results])
     return records
 
 
