@@ -199,5 +199,5 @@ def sum_of_squares(code, x, device=None):
 
 from .blockwise import blockwise_step  # noqa: E402  (quantized states: blockwise.cu)
 
-__all__ = ["optimizer_step", "multi_step", "sum_of_squares", "blockwise_step", "all_kernel_names", "step_kernel_name",
-           "ema_kernel_name", "all_ema_kernel_names"]
+__all__ = ["optimizer_step", "multi_step", "sum_of_squares", "blockwise_step", "all_kernel_names",
+           "step_kernel_name", "ema_kernel_name", "all_ema_kernel_names"]
