@@ -9,6 +9,10 @@ are the BENCH entries that have one, and the first again with bfloat16 parameter
 rounding). The limit is the streaming time of the
 quantized step's own bytes: params read and written, the gradient read, one byte per element per
 state read and written (the block scales, 8 bytes per 256 elements a state, are left out).
+
+The "in cache" rows run the same step on CACHE_SIZE elements, one thread: every array fits in
+the last-level cache, so the time is the step's computation per core (what bounds it where a core
+has more memory bandwidth than it can use) and the limit is that of cache-resident streams.
 """
 import numpy as np
 
@@ -27,6 +31,7 @@ def _workloads():
 # (workload, fastopt class, hyper-parameters, bitsandbytes class, parameter dtype).
 WORKLOADS = _workloads()
 SIZE = 64_000_000
+CACHE_SIZE = 1 << 20  # float32 state: 16 MiB with its gradient, within a server CPU's last-level cache
 
 
 def step_bytes(states, param_bytes):
@@ -87,8 +92,8 @@ class _Torch:
         return sum(t.nbytes for t in tensors) / self.p.numel()
 
 
-def task(run, threads, n=SIZE, schemes=("8bit",)):
-    """Rows for each workload at n elements on `threads` threads."""
+def task(run, threads, n=SIZE, schemes=("8bit",), where=""):
+    """Rows for each workload at n elements on `threads` threads; `where` tags the workload's name."""
     import fastopt
 
     cfg = run.config
@@ -100,7 +105,7 @@ def task(run, threads, n=SIZE, schemes=("8bit",)):
     except ImportError:
         torch = None
     for workload, cls, hp, bnb_cls, dtype in WORKLOADS:
-        base = {"kind": "quantized_state", "workload": f"{workload} n={n:.2g}", "dtype": dtype, "threads": threads,
+        base = {"kind": "quantized_state", "workload": f"{workload} n={n:.2g}{where}", "dtype": dtype, "threads": threads,
                 "size": n}
         if dtype == "bfloat16" and fastopt._dtypes.BFLOAT16 is None:
             run.add(**base, impl="fastopt[cpu] 8bit", skipped="needs ml_dtypes")

@@ -240,6 +240,10 @@ class Run:
                 n = 1_000_000 if cfg.quick else quantized.SIZE
                 self.tasks.append((f"quantized state n={n:.2g} threads={threads}",
                                    lambda t=threads, n=n: quantized.task(self, t, n=n, schemes=("8bit", "fp8"))))
+                if threads == cfg.threads[0] and not cfg.quick:
+                    self.tasks.append(("quantized state in cache, one thread",
+                                       lambda: quantized.task(self, 1, n=quantized.CACHE_SIZE,
+                                                              schemes=("8bit", "fp8"), where=" in cache")))
             if cfg.wants("overhead"):
                 self.tasks.append((f"call overhead n={workloads.OVERHEAD_SIZE} threads={threads}",
                                    lambda t=threads: self.overhead_task(t)))
