@@ -136,6 +136,25 @@ def test_bench_rows_say_what_was_measured():
         assert all("speedup_vs_torch_fused_adam" in r for r in mine)
 
 
+
+def test_bench_plans_the_in_cache_rows_once():
+    """A full run times the quantized step in cache once, on one thread, whatever the thread
+    counts; a quick run does not. The rows carry the tag in their workload names."""
+    pytest.importorskip("fastopt._cpu")
+    from fastopt.bench import quantized
+    from fastopt.bench.runner import Config, Run
+
+    def planned(quick):
+        run = Run(Config(quick=quick, only="quantized", threads=[2, 1], repeats=1, backends=["cpu"], stream=None))
+        run.plan()
+        return [name for name, _ in run.tasks]
+
+    assert planned(False).count("quantized state in cache, one thread") == 1
+    assert not any("in cache" in name for name in planned(True))
+    run = Run(Config(quick=True, only="quantized", threads=[1], repeats=1, backends=["cpu"], stream=None))
+    quantized.task(run, 1, n=8192, schemes=("8bit",), where=" in cache")
+    assert {r["workload"] for r in run.records} == {f"{w[0]} n=8.2e+03 in cache" for w in quantized.WORKLOADS}
+
 def test_checkpoint_files_and_scheme_conversion(tmp_path):
     """fastopt.save / load keep codes, scales and the scheme; an fp8 checkpoint loads into an
     8-bit optimizer (dequantized, requantized) and the other way."""
