@@ -102,6 +102,17 @@ def _aligned(arrays, device):
     return all(device.address(a) % (a.itemsize * VEC) == 0 for a in arrays)
 
 
+def _array_slots(param, grad, master, states, ema, device):
+    """One array's seven pointer slots as the kernels take them (param, grad, master, three
+    states, the EMA; an unused slot gets param's pointer, never dereferenced), and whether the
+    arrays it uses are all aligned for the vector path."""
+    states = list(states)
+    slots = [param, grad, param if master is None else master, *states, *[param] * (3 - len(states)),
+             param if ema is None else ema]
+    used = [param, grad, *states] + [a for a in (master, ema) if a is not None]
+    return slots, _aligned(used, device)
+
+
 def prepared_call(fields, device):
     """(KernelCall of `fields`, its device, whether its bfloat16 params round stochastically, its
     rule scalars padded to the kernels' k0..k11 as float64), or None for an empty call. `device`:
@@ -123,19 +134,15 @@ def optimizer_step(*fields, device=None):
     c, device, stochastic, k = prepared
     n = c.param.size
     name = step_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic)
-    used = [c.param, c.grad] + list(c.states) + ([c.master] if c.master is not None else [])
+    slots, aligned = _array_slots(c.param, c.grad, c.master, c.states, c.ema, device)
     extra = ()
     if c.ema is not None:  # the step fused with the EMA of the weights
         name = ema_kernel_name(c.rule, c.variant, c.param_code, c.grad_code, c.state_code, stochastic, c.ema_code)
-        used.append(c.ema)
         extra = (c.ema, np.float64(c.ema_weight))
-    # Unused pointer slots get param's pointer: the kernel never dereferences them.
-    slots = list(c.states) + [c.param] * (3 - len(c.states))
     blocks = int(min(_max_blocks(device), -(-n // (THREADS * VEC))))
     no_table = (c.param, c.param, np.int32(0), c.param, c.param)  # never dereferenced
     device.launch(SOURCE, (name,), name, (blocks,), (THREADS,),
-                  (c.param, c.grad, c.master if c.master is not None else c.param, *slots, np.int64(n),
-                   np.bool_(_aligned(used, device)), np.float64(c.grad_scale), np.float64(c.weight_decay),
+                  (*slots[:6], np.int64(n), np.bool_(aligned), np.float64(c.grad_scale), np.float64(c.weight_decay),
                    np.float64(c.decay_factor), np.uint32(c.rounding_seed), *k, *no_table, *extra))
 
 
@@ -155,20 +162,23 @@ def multi_step(rule, variant, param_code, grad_code, state_code, params, grads, 
         name = ema_kernel_name(rule, variant, param_code, grad_code, state_code, stochastic, ema_code)
     pointed, fields, first_block = [], [], 0
     for j in live:
-        param, segment_states = params[j], list(states[j])
-        master = masters[j] if masters is not None else None
-        ema = emas[j] if emas is not None else None
-        used = [param, grads[j], *segment_states] + [a for a in (master, ema) if a is not None]
-        pointed += [param, grads[j], param if master is None else master,
-                    *segment_states, *[param] * (3 - len(segment_states)), param if ema is None else ema]
-        fields += [param.size, row_of[j], seeds[j], int(_aligned(used, device)), first_block]
+        param = params[j]
+        slots, aligned = _array_slots(param, grads[j], masters[j] if masters is not None else None, states[j],
+                                      emas[j] if emas is not None else None, device)
+        pointed += slots
+        fields += [param.size, row_of[j], seeds[j], int(aligned), first_block]
         first_block += -(-param.size // CHUNK)
     rows = np.zeros((len(table), NUM_RULE_SCALARS + 3))
     rows[:, :table.shape[1] - 3] = table[:, :-3]
     rows[:, NUM_RULE_SCALARS:] = table[:, -3:]
     weights = np.array([ema_weights[j] for j in live] if emas is not None else [0.0])
-    segment_table = (device.pointer_table(pointed), device.upload(np.array(fields, np.int64)),
-                     np.int32(len(live)), device.upload(rows.ravel()), device.upload(weights))
+    # The segments, the rows and the EMA weights travel in one upload (three views of it): a
+    # copy to the device costs about the same whatever its size.
+    packed = device.upload(np.concatenate([np.array(fields, np.int64), rows.ravel().view(np.int64),
+                                           weights.view(np.int64)]))
+    rows_at, weights_at = len(fields), len(fields) + rows.size
+    segment_table = (device.pointer_table(pointed), packed[:rows_at], np.int32(len(live)),
+                     packed[rows_at:weights_at].view(np.float64), packed[weights_at:].view(np.float64))
     first = params[live[0]]  # the single-array arguments are unused with a table
     extra = (first, np.float64(0.0)) if emas is not None else ()
     device.launch(SOURCE, (name,), name, (first_block,), (THREADS,),
