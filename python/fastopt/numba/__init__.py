@@ -12,7 +12,7 @@ from .._kernel_call import KernelCall
 from ..rules import RULES
 from .math import storage as _storage
 from .multi import multi_step  # noqa: F401  (the segment table: a list of arrays in one call)
-from .optim import kernel_for, runs_parallel
+from .optim import kernel_for, prologue_rows, runs_parallel
 
 NORM_BLOCK = 8192  # csrc/cpu/kernels.h kNormBlock: the same summation order gives the same bits
 
@@ -23,8 +23,7 @@ def optimizer_step(*fields):
     compute = np.float64 if c.param_code == CODE_FLOAT64 else np.float32
     # The rule's scalars in the compute type, as its named tuple: the mirror reads them by name.
     k = RULES[c.rule].Scalars._make(compute(x) for x in c.scalars)
-    # Prologue scalars, then the constants 0 and 1 the rules need, all in the compute type.
-    pro = np.array([c.grad_scale, c.weight_decay, c.decay_factor, 0.0, 1.0], dtype=compute)
+    pro = prologue_rows((c.grad_scale, c.weight_decay, c.decay_factor), compute)[0]
     state_arrays = [_storage(s, c.state_code) for s in c.states]
     empty_state = np.empty(0, dtype=state_arrays[0].dtype if state_arrays else compute)
     while len(state_arrays) < 3:
@@ -48,7 +47,7 @@ def blockwise_step(*fields):
 
     c = KernelCall(*fields)
     k = RULES[c.rule].Scalars._make(np.float32(x) for x in c.scalars)
-    pro = np.array([c.grad_scale, c.weight_decay, c.decay_factor, 0.0, 1.0], dtype=np.float32)
+    pro = prologue_rows((c.grad_scale, c.weight_decay, c.decay_factor), np.float32)[0]
     slots = [tuple(slot) for slot in c.states]
     empty = (np.empty(0, np.uint8), np.empty(0, np.float32), np.empty(0, np.float32), np.empty(0, np.float32),
              np.empty(0, np.int32))

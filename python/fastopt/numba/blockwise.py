@@ -8,11 +8,10 @@ from numba import njit, prange
 from .. import blockwise as _bw
 from ..rules import RULES
 from .math import _add, _and, _bits_to_float, _float_to_bits, _or, _shr, _sub, _xor, _U, update_for
-from .optim import make_element_step, runs_parallel
+from .optim import compiled, make_element_step, runs_parallel
 
 BLOCK = _bw.BLOCK_SIZE
 LUT_SHIFT, LUT_LOW, LUT_BUCKETS = _bw.LUT_SHIFT, _bw.LUT_LOW, _bw.LUT_BUCKETS
-_CACHE = {}
 
 
 @njit(inline="always")
@@ -103,8 +102,5 @@ def _make_loop(update, variant, num_states, has_master, param_code, grad_code, s
 
 def kernel_for(rule, size, *constants):
     parallel = runs_parallel(size)
-    key = (RULES[rule], parallel) + constants
-    kernel = _CACHE.get(key)
-    if kernel is None:
-        kernel = _CACHE[key] = njit(parallel=parallel, error_model="numpy")(_make_loop(update_for(key[0]), *constants))
-    return kernel
+    return compiled(("blockwise", RULES[rule], parallel) + constants, parallel,
+                    lambda: _make_loop(update_for(RULES[rule]), *constants))

@@ -11,11 +11,10 @@ from numba.extending import intrinsic
 from .._dtypes import CODE_BFLOAT16, CODE_FLOAT64
 from ..rules import RULES
 from .math import storage, update_for
-from .optim import make_indexed_step, runs_parallel
+from .optim import compiled, make_indexed_step, prologue_rows, runs_parallel
 
 CHUNK = 8192  # elements of one array a parallel iteration steps
 POINTERS = 7  # per array: param, grad, master, s0, s1, s2, EMA (unused ones repeat param's)
-_CACHE = {}
 
 
 @intrinsic
@@ -67,14 +66,6 @@ def _make_loop(rule, variant, num_states, has_master, param_code, grad_code, sta
     return kernel
 
 
-def _kernel(parallel, *constants):
-    key = (parallel,) + constants
-    kernel = _CACHE.get(key)
-    if kernel is None:
-        kernel = _CACHE[key] = njit(parallel=parallel, error_model="numpy")(_make_loop(*constants))
-    return kernel
-
-
 def _address(a):
     return a.__array_interface__["data"][0]
 
@@ -103,17 +94,17 @@ def multi_step(rule, variant, param_code, grad_code, state_code, params, grads, 
     chunk_array = np.repeat(np.arange(len(live), dtype=np.int64), chunks)
     chunk_start = (np.arange(chunk_array.size, dtype=np.int64) - np.repeat(np.cumsum(chunks) - chunks, chunks)) * CHUNK
     rows = table[:, :-3].astype(compute)
-    prologues = np.zeros((len(table), 5), compute)
-    prologues[:, :3] = table[:, -3:]
-    prologues[:, 4] = 1.0  # the constants 0 and 1 the rules read after the prologue
+    prologues = prologue_rows(table[:, -3:], compute)
     ema_weight_type = np.float64 if ema_code == CODE_FLOAT64 else np.float32
     weights = np.array([ema_weights[j] for j in live] if emas is not None else [0.0] * len(live), ema_weight_type)
     like_param, like_grad = flat[0][0][:0], flat[0][1][:0]
     like_state = flat[0][2][0][:0] if num_states else np.empty(0, compute)
     like_ema = storage(emas[live[0]], ema_code)[:0] if emas is not None else np.empty(0, np.float32)
     stochastic = param_code == CODE_BFLOAT16 and not has_master
-    kernel = _kernel(runs_parallel(int(sizes.sum())), rule, variant, num_states, has_master, param_code, grad_code,
-                     state_code, stochastic, -1 if emas is None else ema_code)
+    parallel = runs_parallel(int(sizes.sum()))
+    constants = (rule, variant, num_states, has_master, param_code, grad_code, state_code, stochastic,
+                 -1 if emas is None else ema_code)
+    kernel = compiled(("segment table", parallel) + constants, parallel, lambda: _make_loop(*constants))
     kernel(pointers, sizes, np.array([row_of[j] for j in live], np.int64),
            np.array([seeds[j] for j in live], np.uint32), chunk_array, chunk_start, rows, prologues, weights,
            like_param, like_grad, np.empty(0, np.float32), like_state, like_ema)

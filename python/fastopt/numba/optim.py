@@ -83,15 +83,30 @@ def runs_parallel(size):
     return size >= PARALLEL_THRESHOLD and numba.get_num_threads() > 1
 
 
+def prologue_rows(triples, dtype):
+    """The prologue scalars the element step reads (`pro`), a row per (grad_scale, weight_decay,
+    decay_factor) of `triples`: those three, then the constants 0 and 1 the rules read after them,
+    in the compute type."""
+    triples = np.asarray(triples, dtype=np.float64).reshape(-1, 3)
+    rows = np.zeros((len(triples), 5), dtype)
+    rows[:, :3] = triples
+    rows[:, 4] = 1.0
+    return rows
+
+
+def compiled(key, parallel, make_loop):
+    """The loop `make_loop()` builds, compiled on first use per `key` (its rule, constants and
+    parallelism). IEEE division, as in C++ (and in parallel loops, whatever the model): Python's
+    error model tests every divisor for zero, which kept the serial loops scalar, 4-9x slower."""
+    kernel = _CACHE.get(key)
+    if kernel is None:
+        kernel = _CACHE[key] = njit(parallel=parallel, error_model="numpy")(make_loop())
+    return kernel
+
+
 def kernel_for(rule, size, *constants):
     """The loop of `rule` for (variant, num_states, has_master, param_code, grad_code, state_code,
     stochastic[, ema_code]), compiled on first use, parallel or not as runs_parallel(size) says."""
     parallel = runs_parallel(size)
-    key = (RULES[rule], parallel) + constants
-    kernel = _CACHE.get(key)
-    if kernel is None:
-        loop = _make_loop(update_for(key[0]), *constants)
-        # IEEE division, as in C++ (and in parallel loops, whatever the model): Python's error
-        # model tests every divisor for zero, which kept the serial loops scalar, 4-9x slower.
-        kernel = _CACHE[key] = njit(parallel=parallel, error_model="numpy")(loop)
-    return kernel
+    return compiled(("step", RULES[rule], parallel) + constants, parallel,
+                    lambda: _make_loop(update_for(RULES[rule]), *constants))
