@@ -276,8 +276,8 @@ class _Kernels:
         self.multi_step = lambda *a: cuda.multi_step(*a, device=device)
         self.sum_of_squares = lambda *a: cuda.sum_of_squares(*a, device=device)
         self.blockwise_step = lambda *a: cuda.blockwise_step(*a, device=device)
-        self.batch_norm_forward = lambda *a: batchnorm.batch_norm_forward(*a, device=device)
-        self.batch_norm_backward = lambda *a: batchnorm.batch_norm_backward(*a, device=device)
+        self.batch_norm_forward = lambda *a, **k: batchnorm.batch_norm_forward(*a, **k, device=device)
+        self.batch_norm_backward = lambda *a, **k: batchnorm.batch_norm_backward(*a, **k, device=device)
 
 
 class _EmulatedBackend(_backend._Backend):

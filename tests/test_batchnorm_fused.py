@@ -93,15 +93,17 @@ def _check(name, actual, expected, tol):
     assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:.3g} * {scale:.3g}"
 
 
-def _fused(x, z, dy, weight, bias, rm, rv, axis, training, backend, residual=True):
-    """Forward and backward of relu(bn(x) + z) (z left out when not residual)."""
+def _fused(x, z, dy, weight, bias, rm, rv, axis, training, backend, residual=True, with_mask=False):
+    """Forward and backward of relu(bn(x) + z) (z left out when not residual). with_mask: the
+    forward writes the ReLU's mask and the backward reads it instead of y; it is the last output."""
     rm, rv = rm.copy(), rv.copy()
+    mask = np.full(x.shape, 7, np.uint8) if with_mask else None
     y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, rm, rv, training=training, axis=axis,
                                                  backend=backend, activation="relu",
-                                                 residual=z if residual else None)
+                                                 residual=z if residual else None, mask_out=mask)
     grads = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, training=training, backend=backend,
-                                        activation="relu", y=y, residual=residual)
-    return (y, mean, invstd, rm, rv) + tuple(grads)
+                                        activation="relu", y=None if with_mask else y, mask=mask, residual=residual)
+    return (y, mean, invstd, rm, rv) + tuple(grads) + ((mask,) if with_mask else ())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -221,6 +223,24 @@ def test_equals_unfused_batchnorm_bit_for_bit(backend, dtype, shape, axis, train
         assert np.array_equal(_bits(a), _bits(b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,axis", LAYOUTS[:6] + PATHS[:2])
+def test_mask_gives_the_bits_of_y(backend, dtype, shape, axis):
+    """mask_out is 1 exactly where the stored y is > 0 (every byte written), and a backward that
+    reads it gives the bits of one that reads y: training and evaluation, with and without the
+    residual, on data with exact zeros before the ReLU."""
+    x, z, dy, weight, bias, rm, rv = _case(shape, axis, dtype, 12, bias="zero")
+    for training in (True, False):
+        for residual in (True, False):
+            from_y = _fused(x, z, dy, weight, bias, rm, rv, axis, training, backend, residual)
+            from_mask = _fused(x, z, dy, weight, bias, rm, rv, axis, training, backend, residual, with_mask=True)
+            mask = from_mask[-1]
+            assert np.array_equal(mask, (from_y[0].astype(np.float64) > 0).astype(np.uint8))
+            assert 0 < np.count_nonzero(mask) < mask.size
+            for i, (a, b) in enumerate(zip(from_y, from_mask[:-1])):
+                assert np.array_equal(_bits(a), _bits(b)), (training, residual, i)
+
+
 @pytest.mark.parametrize("shape,axis", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_bitwise_across_thread_counts(backend, shape, axis, dtype):
@@ -230,11 +250,11 @@ def test_bitwise_across_thread_counts(backend, shape, axis, dtype):
     try:
         for n in (1, 2, 3):
             fastopt.set_num_threads(n)
-            results.append(_fused(x, z, dy, weight, bias, rm, rv, axis, True, backend))
+            results.append(_fused(x, z, dy, weight, bias, rm, rv, axis, True, backend, with_mask=n == 2))
     finally:
         fastopt.set_num_threads(before)
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other):  # the mask (2 threads) is not compared: zip stops before
             assert np.array_equal(_bits(a), _bits(b))
 
 
@@ -252,8 +272,8 @@ def test_cpu_and_numba_agree_bitwise(dtype, shape, axis):
     rm, rv = rng.standard_normal(c).astype(st), rng.uniform(0.5, 2, c).astype(st)
     for training in (True, False):
         for residual in (True, False):
-            cpu = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "cpu", residual)
-            numba = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "numba", residual)
+            cpu = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "cpu", residual, with_mask=True)
+            numba = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "numba", residual, with_mask=True)
             for i, (a, b) in enumerate(zip(cpu, numba)):
                 assert np.array_equal(_bits(a), _bits(b)), (training, residual, i)
 
@@ -313,11 +333,35 @@ def test_rejects_bad_input_before_writing(backend):
         fastopt.batch_norm_forward(x, weight, bias, rm, rv, residual=z.astype(np.float64), out=y, backend=backend)
     with pytest.raises(TypeError, match="out and residual share memory"):
         fastopt.batch_norm_forward(x, weight, bias, rm, rv, residual=y, out=y, backend=backend)
-    assert np.all(y == 7) and np.all(rm == 0)
+    mask_out = np.full(x.shape, 7, np.uint8)
+    with pytest.raises(ValueError, match="mask_out is the ReLU's mask"):
+        fastopt.batch_norm_forward(x, weight, bias, rm, rv, mask_out=mask_out, out=y, backend=backend)
+    with pytest.raises(TypeError, match="mask_out must be uint8"):
+        fastopt.batch_norm_forward(x, weight, bias, rm, rv, activation="relu", mask_out=mask_out.view(np.int8), out=y,
+                                   backend=backend)
+    with pytest.raises(ValueError, match="mask_out must have x's shape"):
+        fastopt.batch_norm_forward(x, weight, bias, rm, rv, activation="relu", mask_out=mask_out[:2], out=y,
+                                   backend=backend)
+    with pytest.raises(TypeError, match="share memory"):
+        fastopt.batch_norm_forward(x, weight, bias, rm, rv, activation="relu", out=y,
+                                   mask_out=y.reshape(-1).view(np.uint8)[:x.size].reshape(x.shape), backend=backend)
+    assert np.all(y == 7) and np.all(rm == 0) and np.all(mask_out == 7)
     _, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, backend=backend)
     dx = np.full_like(x, 7)
-    with pytest.raises(ValueError, match="needs y"):
+    with pytest.raises(ValueError, match="needs one of y"):
         fastopt.batch_norm_backward(dy, x, weight, mean, invstd, activation="relu", out=dx, backend=backend)
+    mask = np.zeros(x.shape, np.uint8)
+    with pytest.raises(ValueError, match="not both"):
+        fastopt.batch_norm_backward(dy, x, weight, mean, invstd, activation="relu", y=x, mask=mask, out=dx,
+                                    backend=backend)
+    with pytest.raises(ValueError, match="mask comes from a ReLU forward"):
+        fastopt.batch_norm_backward(dy, x, weight, mean, invstd, mask=mask, out=dx, backend=backend)
+    with pytest.raises(TypeError, match="mask must be uint8"):
+        fastopt.batch_norm_backward(dy, x, weight, mean, invstd, activation="relu", mask=mask.astype(bool), out=dx,
+                                    backend=backend)
+    with pytest.raises(ValueError, match="mask must have x's shape"):
+        fastopt.batch_norm_backward(dy, x, weight, mean, invstd, activation="relu", mask=mask[:2], out=dx,
+                                    backend=backend)
     with pytest.raises(ValueError, match="with activation='relu'"):
         fastopt.batch_norm_backward(dy, x, weight, mean, invstd, y=x, out=dx, backend=backend)
     with pytest.raises(ValueError, match="y must have x's shape"):

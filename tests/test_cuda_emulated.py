@@ -309,19 +309,22 @@ def test_unaligned_batchnorm_buffers(device):
         np.testing.assert_array_equal(_bits(b), _bits(a))
 
 
-def _bn_fused_case(x, z, dy, axis, affine, training, backend):
-    """BN + add + ReLU (z None: BN + ReLU) forward and backward."""
+def _bn_fused_case(x, z, dy, axis, affine, training, backend, with_mask=False):
+    """BN + add + ReLU (z None: BN + ReLU) forward and backward; with_mask: the forward writes the
+    ReLU's mask, which the backward reads instead of y (the mask is the last output)."""
     channels = x.shape[axis]
     rng = np.random.default_rng(channels)
     stat = np.float64 if x.dtype == np.float64 else np.float32
     weight = rng.uniform(0.5, 1.5, channels).astype(stat) if affine else None
     bias = rng.standard_normal(channels).astype(stat) if affine else None
     running = ((rng.integers(-16, 16, channels) / 8).astype(stat), rng.uniform(0.5, 2, channels).astype(stat))
+    mask = np.full(x.shape, 7, np.uint8) if with_mask else None
     y, mean, invstd = fastopt.batch_norm_forward(x, weight, bias, *running, training=training, axis=axis,
-                                                 backend=backend, activation="relu", residual=z)
+                                                 backend=backend, activation="relu", residual=z, mask_out=mask)
     grads = fastopt.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis, training=training, backend=backend,
-                                        activation="relu", y=y, residual=z is not None)
-    return [y, mean, invstd, *running, *(g for g in grads if g is not None)]
+                                        activation="relu", y=None if with_mask else y, mask=mask,
+                                        residual=z is not None)
+    return [y, mean, invstd, *running, *(g for g in grads if g is not None)] + ([mask] if with_mask else [])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -338,8 +341,13 @@ def test_every_fused_batchnorm_kernel_matches_cpu_bitwise(device, dtype):
                     cpu = _bn_fused_case(x, residual, dy, axis, affine, training, "cpu")
                     gpu = _bn_fused_case(x, residual, dy, axis, affine, training, "cuda_emulated")
                     assert 0 < np.count_nonzero(cpu[0].astype(np.float64) == 0) < x.size
+                    # The mask written and read: the same outputs, and the mask is y > 0.
+                    gpu_masked = _bn_fused_case(x, residual, dy, axis, affine, training, "cuda_emulated", True)
+                    np.testing.assert_array_equal(gpu_masked[-1], (cpu[0].astype(np.float64) > 0).astype(np.uint8))
                     for i, (a, b) in enumerate(zip(cpu, gpu)):
                         np.testing.assert_array_equal(_bits(b), _bits(a), err_msg=f"{shape} {affine} {training} #{i}")
+                    for i, (a, b) in enumerate(zip(cpu, gpu_masked[:-1])):
+                        np.testing.assert_array_equal(_bits(b), _bits(a), err_msg=f"mask {shape} {training} #{i}")
     code = _dtypes.dtype_code(np.dtype(dtype))
     xt, st = cuda_bn.TYPES[code]
     fused = {n for n in cuda_bn.fused_name_expressions() if n.split("<")[1].startswith(f"{xt}, {st}")}

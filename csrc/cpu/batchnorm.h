@@ -30,6 +30,7 @@ struct BnForwardCall {
     int num_threads;
     const void* residual;  // may be null; else y = bn(x) + residual (before the ReLU)
     bool relu;             // y = max(0, ...)
+    uint8_t* relu_mask;    // may be null; else, with relu, gets 1 where y > 0 and 0 elsewhere
 };
 
 struct BnBackwardCall {
@@ -46,6 +47,7 @@ struct BnBackwardCall {
     bool training;
     int num_threads;
     const void* y;            // may be null; else the output of a ReLU forward: dy counts where y > 0
+    const uint8_t* relu_mask;  // may be null; else a ReLU forward's mask, read instead of y
     void* dresidual;          // may be null; else gets dy * (y > 0) (dy where y is null)
 };
 

@@ -68,15 +68,46 @@ struct GradSums {  // backward: sums of dy and dy * (x - mean)
     }
 };
 
-template <class X>
-struct MaskedGradSums {  // backward through a ReLU: GradSums of dy * (y > 0)
+// Bit operations on a float's representation, so that loops over mask bytes vectorise (GCC made
+// comparisons of the bytes into branches, which kept those loops scalar).
+template <class C>
+using BitsOf = std::conditional_t<sizeof(C) == 8, uint64_t, uint32_t>;
+template <class C>
+inline BitsOf<C> bits_of(C v) {
+    BitsOf<C> u;
+    __builtin_memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+// The gradient through a ReLU at element j, recovered from its output y (bn_relu_grad) or from
+// the mask its forward wrote (1 where y > 0): dy where it passed, +0 elsewhere, the same bits.
+template <class C>
+inline C relu_grad_at(C dy, const uint8_t* mask, int64_t j) {
+    const BitsOf<C> keep = BitsOf<C>(0) - BitsOf<C>(mask[j] != 0);
+    const BitsOf<C> u = bits_of(dy) & keep;
+    C out;
+    __builtin_memcpy(&out, &u, sizeof out);
+    return out;
+}
+template <class C, class X>
+inline C relu_grad_at(C dy, const X* y, int64_t j) { return bn_relu_grad<C>(dy, load_as<C>(y[j])); }
+
+// 1 where v > 0 (+inf included; not a NaN, a zero or a negative value): 0 < bits <= +inf's.
+template <class C>
+inline uint8_t positive_byte(C v) {
+    const BitsOf<C> inf = sizeof(C) == 8 ? BitsOf<C>(0x7ff0000000000000ull) : BitsOf<C>(0x7f800000u);
+    return uint8_t(bits_of(v) - 1 < inf);
+}
+
+template <class X, class Y>
+struct MaskedGradSums {  // backward through a ReLU: GradSums of dy * (y > 0), Y: y's type or uint8_t (a mask)
     static constexpr int64_t kBytes = int64_t(sizeof(X)), kInputs = 3;
     const X* __restrict__ dy;
     const X* __restrict__ x;
-    const X* __restrict__ y;
+    const Y* __restrict__ y;
     const double* __restrict__ mean;
     void operator()(int64_t k, int64_t c, double& a, double& b) const {
-        double g = bn_relu_grad<double>(load_as<double>(dy[k]), load_as<double>(y[k]));
+        double g = relu_grad_at<double>(load_as<double>(dy[k]), y, k);
         a += g;
         b += g * (load_as<double>(x[k]) - mean[c]);
     }
@@ -87,9 +118,9 @@ struct MaskedGradSums {  // backward through a ReLU: GradSums of dy * (y > 0)
     }
 };
 
-template <bool kMask, class X>
-inline auto make_grad_sums(const X* dy, const X* x, const X* y, const double* mean) {
-    if constexpr (kMask) return MaskedGradSums<X>{dy, x, y, mean};
+template <bool kMask, class X, class Y>
+inline auto make_grad_sums(const X* dy, const X* x, const Y* y, const double* mean) {
+    if constexpr (kMask) return MaskedGradSums<X, Y>{dy, x, y, mean};
     else return GradSums<X>{dy, x, mean};
 }
 

@@ -95,6 +95,7 @@ struct ForwardPass {
     const X* __restrict__ x = static_cast<const X*>(call.x);
     const X* __restrict__ z = static_cast<const X*>(call.residual);
     X* out = static_cast<X*>(call.y);
+    uint8_t* mask = kRelu ? call.relu_mask : nullptr;
     const S* weight = static_cast<const S*>(call.weight);
     const S* bias = static_cast<const S*>(call.bias);
     S* running_mean = static_cast<S*>(call.running_mean);
@@ -143,31 +144,42 @@ struct ForwardPass {
         const X* __restrict__ xs = x + k;
         const X* __restrict__ zs = kRes ? z + k : nullptr;
         const PerChannel<L, C> mc(mean.data, c), sc(scale.data, c), bc(shift_out.data, c);
-        writer.append(len, [=](int64_t j) __attribute__((always_inline)) {
+        auto value = [=](int64_t j) __attribute__((always_inline)) {
             C v = bn_normalize<C>(load_as<C>(xs[j]), mc[j], sc[j], bc[j]);
             if constexpr (kRes) v = v + load_as<C>(zs[j]);
             if constexpr (kRelu) v = bn_relu(v);
             return store_as<X>(v);
-        });
+        };
+        writer.append(len, value);
+        if (mask != nullptr) {
+            // The mask of the value as stored (a half can round a tiny positive value to 0),
+            // computed again from the run, still in L1: bytes stored in the output's loop made it
+            // assemble its vectors from narrow pieces, 2x slower.
+            uint8_t* __restrict__ ms = mask + k;
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) ms[j] = positive_byte(load_as<C>(value(j)));
+        }
     }
 };
 
-// The backward's dy: through the ReLU (its output y) when kMask.
-template <bool kMask, class C, class X>
-inline C grad_in(const X* __restrict__ dy, const X* __restrict__ y, int64_t j) {
-    if constexpr (kMask) return bn_relu_grad<C>(load_as<C>(dy[j]), load_as<C>(y[j]));
+// The backward's dy: through the ReLU (its output y, or its mask: Y = uint8_t) when kMask.
+template <bool kMask, class C, class X, class Y>
+inline C grad_in(const X* __restrict__ dy, const Y* __restrict__ y, int64_t j) {
+    if constexpr (kMask) return relu_grad_at<C>(load_as<C>(dy[j]), y, j);
     return load_as<C>(dy[j]);
 }
 
-// The backward: dx (and dresidual, the dy it used), and dweight, dbias from the two sums.
-template <class X, class S, bool kMask>
+// The backward: dx (and dresidual, the dy it used), and dweight, dbias from the two sums. Y: the
+// type of what recovers the ReLU's mask (X for its output, uint8_t for a mask).
+template <class X, class S, bool kMask, class Y = X>
 struct BackwardPass {
     using Value = X;
     using C = S;
     static constexpr int64_t kInputs = kMask ? 3 : 2;
     const BnBackwardCall& call;
     const X* __restrict__ dy = static_cast<const X*>(call.dy);
-    const X* __restrict__ y = static_cast<const X*>(call.y);  // the ReLU's output when kMask
+    const Y* __restrict__ y = static_cast<const Y*>(std::is_same_v<Y, uint8_t> ? static_cast<const void*>(call.relu_mask)
+                                                                               : call.y);
     X* __restrict__ dres = static_cast<X*>(call.dresidual);
     const X* __restrict__ x = static_cast<const X*>(call.x);
     X* out = static_cast<X*>(call.dx);
@@ -210,7 +222,7 @@ struct BackwardPass {
     void row(OutputWriter<X>& writer, int64_t k, int64_t len, int64_t c) const {
         const X* __restrict__ dys = dy + k;
         const X* __restrict__ xs = x + k;
-        const X* __restrict__ ys = kMask ? y + k : nullptr;
+        const Y* __restrict__ ys = kMask ? y + k : nullptr;
         if (dres != nullptr) {  // the dy the backward used (exact: a selection, no rounding)
             X* __restrict__ dr = dres + k;
 #pragma omp simd
@@ -242,6 +254,7 @@ bool forward_for(const BnForwardCall& call) {
 
 template <class X, class S>
 bool backward_for(const BnBackwardCall& call) {
+    if (call.relu_mask != nullptr) return run<BackwardPass<X, S, true, uint8_t>>(call);
     return call.y != nullptr ? run<BackwardPass<X, S, true>>(call) : run<BackwardPass<X, S, false>>(call);
 }
 

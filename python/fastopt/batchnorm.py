@@ -14,7 +14,8 @@ that a training loop allocates nothing per step.
 BN + add + ReLU (``activation="relu"``, ``residual=z``): ``y = max(0, bn(x) + z)`` is formed in the
 forward's write pass, and the backward takes ``dy * (y > 0)`` (gradient 0 at 0, as torch) as
 BatchNorm's incoming gradient inside its own two passes, reading the mask from the forward's
-output ``y``; ``dresidual`` is that same masked ``dy`` (docs/batchnorm.md gives the byte counts).
+output ``y``, or from a byte mask the forward writes (``mask_out=``, then ``mask=``); ``dresidual``
+is that same masked ``dy`` (docs/batchnorm.md gives the byte counts and speeds).
 """
 import numpy as np
 
@@ -57,15 +58,19 @@ class _Layout:
         self.count = self.outer * self.inner
 
 
-def _channel_array(name, a, layout, writable):
-    """A (C,) parameter or statistics array of the layout's statistics dtype, or None."""
-    if a is None:
-        return None
+def _same_kind(name, a, layout, writable):
     kind = _checks._kind_of(name, a)
     if kind != layout.kind:
         raise TypeError(f"{name} is a {kind} array but x is a {layout.kind} array: "
                         "one call cannot mix NumPy and CuPy arrays")
     _checks._check_layout(name, a, writable)
+
+
+def _channel_array(name, a, layout, writable):
+    """A (C,) parameter or statistics array of the layout's statistics dtype, or None."""
+    if a is None:
+        return None
+    _same_kind(name, a, layout, writable)
     if dtype_code(a.dtype) != layout.stat_code:
         raise TypeError(f"{name} must be {NAMES[layout.stat_code]} for {NAMES[layout.code]} data, got {a.dtype}")
     if a.ndim != 1 or a.shape[0] != layout.channels:
@@ -76,15 +81,24 @@ def _channel_array(name, a, layout, writable):
 
 def _data_array(name, a, reference, layout, x_dtype, writable):
     """An array shaped and typed like x (dy, or an out= buffer)."""
-    kind = _checks._kind_of(name, a)
-    if kind != layout.kind:
-        raise TypeError(f"{name} is a {kind} array but x is a {layout.kind} array: "
-                        "one call cannot mix NumPy and CuPy arrays")
-    _checks._check_layout(name, a, writable)
+    _same_kind(name, a, layout, writable)
     if dtype_code(a.dtype, x_dtype) != layout.code or a.dtype != reference.dtype:
         raise TypeError(f"{name} must have x's dtype {reference.dtype}, got {a.dtype}")
+    _same_shape(name, a, reference)
+    return a
+
+
+def _same_shape(name, a, reference):
     if tuple(a.shape) != tuple(reference.shape):
         raise ValueError(f"{name} must have x's shape {tuple(reference.shape)}, got {tuple(a.shape)}")
+
+
+def _mask_array(name, a, x, layout, writable):
+    """A ReLU's mask: uint8, x's shape, 1 where the ReLU's output is > 0 and 0 elsewhere."""
+    _same_kind(name, a, layout, writable)
+    if a.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 (a byte per element of x), got {a.dtype}")
+    _same_shape(name, a, x)
     return a
 
 
@@ -129,7 +143,7 @@ def _kernels(layout, backend):
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
                        momentum=0.1, eps=1e-5, axis=1, out=None, stats_out=None, x_dtype=None, backend=None,
-                       activation=None, residual=None):
+                       activation=None, residual=None, mask_out=None):
     """Batch normalization forward; returns ``(y, save_mean, save_invstd)``.
 
     Training: per channel, ``mean`` and biased ``var`` of the batch (float64 shifted sums, exact
@@ -146,12 +160,19 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
 
     ``residual``: an array like x added to the normalized values; ``activation="relu"``: then
     ``y = max(0, ...)``. Both are applied while y is written (no extra pass); the addition is in
-    the statistics' type, rounded once to x's dtype.
+    the statistics' type, rounded once to x's dtype. ``mask_out``: with ``activation="relu"``, a
+    uint8 array of x's shape that gets, in the same pass, 1 where y > 0 and 0 elsewhere; the
+    backward reads it (``mask=``) instead of y: one byte per element instead of y's itemsize, in
+    both of its passes.
     """
     layout = _Layout("x", x, axis, x_dtype)
     relu = _activation(activation)
     if residual is not None:
         _data_array("residual", residual, x, layout, x_dtype, writable=False)
+    if mask_out is not None:
+        if not relu:
+            raise ValueError("mask_out is the ReLU's mask: pass it with activation='relu'")
+        _mask_array("mask_out", mask_out, x, layout, writable=True)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {type(training).__name__}")
     training = bool(training)
@@ -178,7 +199,8 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     if out is not None:
         _data_array("out", out, x, layout, x_dtype, writable=True)
     _check_written_disjoint([("running_mean", running_mean), ("running_var", running_var),
-                             ("stats_out[0]", save_mean), ("stats_out[1]", save_invstd), ("out", out)],
+                             ("stats_out[0]", save_mean), ("stats_out[1]", save_invstd), ("out", out),
+                             ("mask_out", mask_out)],
                             [("x", x), ("weight", weight), ("bias", bias), ("residual", residual)])
     kernels = _kernels(layout, backend)
 
@@ -191,13 +213,13 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         save_invstd = xp.empty(layout.channels, stat_dtype)
     kernels.batch_norm_forward(layout.code, x, y, layout.outer, layout.channels, layout.inner, weight, bias,
                                running_mean, running_var, save_mean, save_invstd, momentum, eps, training,
-                               residual, relu)
+                               residual, relu, relu_mask=mask_out)
     return y, save_mean, save_invstd
 
 
 def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, out=None,
                         grads_out=None, x_dtype=None, backend=None, activation=None, y=None, residual=False,
-                        residual_out=None):
+                        residual_out=None, mask=None):
     """Batch normalization backward; returns ``(dx, dweight, dbias)``, or
     ``(dx, dweight, dbias, dresidual)`` with ``residual=True``.
 
@@ -209,7 +231,8 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
     ``dweight`` and ``dbias``.
 
     After a forward with ``activation="relu"``: pass the same ``activation`` and that forward's
-    output as ``y``; the incoming gradient is then ``dy * (y > 0)``. ``residual=True`` (the forward
+    output as ``y``, or the mask it wrote (its ``mask_out``) as ``mask``; the incoming gradient is
+    then ``dy * (y > 0)``. ``residual=True`` (the forward
     had a residual) also returns ``dresidual``, that gradient, written in the same pass as dx
     (into ``residual_out`` when given).
     """
@@ -219,11 +242,16 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
         raise TypeError(f"residual must be a bool (whether the forward added one), got {type(residual).__name__}")
     residual = bool(residual)
     if relu:
-        if y is None:
-            raise ValueError("activation='relu' needs y, the forward's output, for the ReLU's mask")
-        _data_array("y", y, x, layout, x_dtype, writable=False)
-    elif y is not None:
-        raise ValueError("y is the output of a ReLU forward: pass it with activation='relu'")
+        if (y is None) == (mask is None):
+            raise ValueError("activation='relu' needs one of y (the forward's output) and mask (the mask the "
+                             "forward wrote into mask_out)" + (", not both" if y is not None else ""))
+        if y is not None:
+            _data_array("y", y, x, layout, x_dtype, writable=False)
+        else:
+            _mask_array("mask", mask, x, layout, writable=False)
+    elif y is not None or mask is not None:
+        raise ValueError(f"{'y' if y is not None else 'mask'} comes from a ReLU forward: pass it with "
+                         "activation='relu'")
     if residual_out is not None:
         if not residual:
             raise ValueError("residual_out is the buffer for dresidual, which exists only with residual=True")
@@ -248,7 +276,7 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
     _check_written_disjoint([("grads_out[0]", dweight), ("grads_out[1]", dbias), ("out", out),
                              ("residual_out", residual_out)],
                             [("dy", dy), ("x", x), ("weight", weight), ("save_mean", save_mean),
-                             ("save_invstd", save_invstd), ("y", y)])
+                             ("save_invstd", save_invstd), ("y", y), ("mask", mask)])
     kernels = _kernels(layout, backend)
 
     xp = _backend.array_module(layout.kind)
@@ -264,7 +292,7 @@ def batch_norm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, traini
         dresidual = xp.empty_like(x) if residual_out is None else residual_out
     kernels.batch_norm_backward(layout.code, dy, x, dx, layout.outer, layout.channels, layout.inner, weight,
                                 save_mean, save_invstd, dweight, dbias, training, y if relu else None,
-                                dresidual)
+                                dresidual, relu_mask=mask)
     if residual:
         return dx, dweight, dbias, dresidual
     return dx, dweight, dbias

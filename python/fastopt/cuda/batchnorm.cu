@@ -27,15 +27,23 @@ __device__ __forceinline__ double bn_center(const X* x, const S* mean, long long
     return load_as<double>(x[c * inner]);
 }
 
+// dy through a ReLU: from its output ym (dy where ym > 0) or from the mask its forward wrote (1
+// where the output was > 0), whichever is given; dy itself when neither is.
+template <class C, class X>
+__device__ __forceinline__ C bn_relu_masked(C dy, const X* ym, const unsigned char* mask, long long k) {
+    if (ym != nullptr) return bn_relu_grad<C>(dy, load_as<C>(ym[k]));
+    if (mask != nullptr) return bn_relu_grad<C>(dy, C(mask[k]));
+    return dy;
+}
+
 // Forward: sums of d and d * d with d = x - center; backward: sums of dy and dy * (x - mean),
-// dy taken as dy * (ym > 0) where ym (a ReLU's output) is given.
+// dy taken through the ReLU where ym or mask is given.
 template <class X, bool kGrad>
-__device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, const X* ym, long long k, double center,
-                                              double& a, double& b) {
+__device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, const X* ym, const unsigned char* mask,
+                                              long long k, double center, double& a, double& b) {
     double d = load_as<double>(x[k]) - center;
     if (kGrad) {
-        double g = load_as<double>(dy[k]);
-        if (ym != nullptr) g = bn_relu_grad<double>(g, load_as<double>(ym[k]));
+        double g = bn_relu_masked<double>(load_as<double>(dy[k]), ym, mask, k);
         a += g;
         b += g * d;
     } else {
@@ -49,6 +57,7 @@ __device__ __forceinline__ void bn_accumulate(const X* x, const X* dy, const X* 
 // addresses within each row, so loads are coalesced.
 template <class X, class S, bool kGrad>
 __device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__ dy, const X* __restrict__ ym,
+                                  const unsigned char* __restrict__ mask,
                                   const S* __restrict__ mean,
                                   long long outer, long long channels, long long inner, long long chunk,
                                   double* __restrict__ part1, double* __restrict__ part2) {
@@ -60,7 +69,7 @@ __device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__
     double a = 0.0, s = 0.0;
     for (long long m = begin + threadIdx.x; m < end; m += kBnThreads) {
         long long o = m / inner, i = m - o * inner;
-        bn_accumulate<X, kGrad>(x, dy, ym, (o * channels + c) * inner + i, center, a, s);
+        bn_accumulate<X, kGrad>(x, dy, ym, mask, (o * channels + c) * inner + i, center, a, s);
     }
     __shared__ double warp1[kBnWarps], warp2[kBnWarps];
     a = bn_warp_sum(a);
@@ -86,6 +95,7 @@ __device__ void bn_reduce_strided(const X* __restrict__ x, const X* __restrict__
 // consecutive channels of one row (coalesced); the 8 row lanes are then added in order.
 template <class X, class S, bool kGrad>
 __device__ void bn_reduce_rows(const X* __restrict__ x, const X* __restrict__ dy, const X* __restrict__ ym,
+                               const unsigned char* __restrict__ mask,
                                const S* __restrict__ mean,
                                long long rows, long long channels, long long rows_per_block,
                                double* __restrict__ part1, double* __restrict__ part2) {
@@ -96,7 +106,7 @@ __device__ void bn_reduce_rows(const X* __restrict__ x, const X* __restrict__ dy
     if (c < channels) {
         const double center = bn_center<X, S, kGrad>(x, mean, c, 1);
         for (long long r = r0 + threadIdx.y; r < r1; r += kBnRowThreads)
-            bn_accumulate<X, kGrad>(x, dy, ym, r * channels + c, center, a, s);
+            bn_accumulate<X, kGrad>(x, dy, ym, mask, r * channels + c, center, a, s);
     }
     __shared__ double rows1[kBnRowThreads][32], rows2[kBnRowThreads][32];
     rows1[threadIdx.y][threadIdx.x] = a;
@@ -175,12 +185,14 @@ __device__ void bn_finalize_backward(const double* __restrict__ part1, const dou
     }
 }
 
-// y = bn(x), + z where z is given, then max(0, .) where relu (BN + add + ReLU).
+// y = bn(x), + z where z is given, then max(0, .) where relu (BN + add + ReLU), and the ReLU's mask
+// (1 where y > 0) where mask is given.
 template <class X, class S>
 __device__ void bn_normalize_all(const X* __restrict__ x, X* __restrict__ y, long long n, long long channels,
                                  long long inner, const S* __restrict__ save_mean,
                                  const S* __restrict__ save_invstd, const S* __restrict__ weight,
-                                 const S* __restrict__ bias, const X* __restrict__ z = nullptr, bool relu = false) {
+                                 const S* __restrict__ bias, const X* __restrict__ z = nullptr, bool relu = false,
+                                 unsigned char* __restrict__ mask = nullptr) {
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
          k += (long long)gridDim.x * blockDim.x) {
         long long c = (k / inner) % channels;
@@ -189,21 +201,23 @@ __device__ void bn_normalize_all(const X* __restrict__ x, X* __restrict__ y, lon
         S v = bn_normalize<S>(load_as<S>(x[k]), save_mean[c], scale, shift);
         if (z != nullptr) v = v + load_as<S>(z[k]);
         if (relu) v = bn_relu(v);
-        y[k] = store_as<X>(v);
+        const X out = store_as<X>(v);
+        y[k] = out;
+        if (mask != nullptr) mask[k] = load_as<S>(out) > S(0) ? 1 : 0;  // of the value as stored
     }
 }
 
-// dy taken as dy * (ym > 0) where ym (a ReLU's output) is given; dres, where given, gets that dy.
+// dy taken through the ReLU where ym (its output) or mask is given; dres, where given, gets that dy.
 template <class X, class S>
 __device__ void bn_input_grad_all(const X* __restrict__ dy, const X* __restrict__ x, X* __restrict__ dx,
                                   long long n, long long channels, long long inner,
                                   const S* __restrict__ save_mean, const S* __restrict__ coefs,
-                                  const X* __restrict__ ym = nullptr, X* __restrict__ dres = nullptr) {
+                                  const X* __restrict__ ym = nullptr, X* __restrict__ dres = nullptr,
+                                  const unsigned char* __restrict__ mask = nullptr) {
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n;
          k += (long long)gridDim.x * blockDim.x) {
         long long c = (k / inner) % channels;
-        S g = load_as<S>(dy[k]);
-        if (ym != nullptr) g = bn_relu_grad<S>(g, load_as<S>(ym[k]));
+        S g = bn_relu_masked<S>(load_as<S>(dy[k]), ym, mask, k);
         if (dres != nullptr) dres[k] = store_as<X>(g);
         dx[k] = store_as<X>(bn_input_grad<S>(g, load_as<S>(x[k]), save_mean[c], coefs[c],
                                              coefs[channels + c], coefs[2 * channels + c]));
@@ -219,7 +233,8 @@ __global__ void __launch_bounds__(256) fastopt_bn_reduce_strided(const X* x, con
                                                                  long long outer, long long channels,
                                                                  long long inner, long long chunk, double* part1,
                                                                  double* part2) {
-    fastopt::bn_reduce_strided<X, S, kGrad>(x, dy, nullptr, mean, outer, channels, inner, chunk, part1, part2);
+    fastopt::bn_reduce_strided<X, S, kGrad>(x, dy, nullptr, nullptr, mean, outer, channels, inner, chunk, part1,
+                                            part2);
 }
 
 template <class X, class S, bool kGrad>
@@ -227,7 +242,8 @@ __global__ void __launch_bounds__(256) fastopt_bn_reduce_rows(const X* x, const 
                                                               long long rows, long long channels,
                                                               long long rows_per_block, double* part1,
                                                               double* part2) {
-    fastopt::bn_reduce_rows<X, S, kGrad>(x, dy, nullptr, mean, rows, channels, rows_per_block, part1, part2);
+    fastopt::bn_reduce_rows<X, S, kGrad>(x, dy, nullptr, nullptr, mean, rows, channels, rows_per_block, part1,
+                                         part2);
 }
 
 template <class X, class S>
@@ -268,36 +284,37 @@ __global__ void fastopt_bn_input_grad(const X* dy, const X* x, X* dx, long long 
 }
 
 // BN + add + ReLU (fused_name_expressions in batchnorm.py). The backward's reductions through the
-// ReLU: ym is its output.
+// ReLU: ym is its output, or null and mask the mask its forward wrote.
 template <class X, class S>
 __global__ void __launch_bounds__(256) fastopt_bn_reduce_strided_relu(const X* x, const X* dy, const X* ym,
-                                                                      const S* mean, long long outer,
+                                                                      const unsigned char* mask, const S* mean, long long outer,
                                                                       long long channels, long long inner,
                                                                       long long chunk, double* part1,
                                                                       double* part2) {
-    fastopt::bn_reduce_strided<X, S, true>(x, dy, ym, mean, outer, channels, inner, chunk, part1, part2);
+    fastopt::bn_reduce_strided<X, S, true>(x, dy, ym, mask, mean, outer, channels, inner, chunk, part1, part2);
 }
 
 template <class X, class S>
 __global__ void __launch_bounds__(256) fastopt_bn_reduce_rows_relu(const X* x, const X* dy, const X* ym,
-                                                                   const S* mean, long long rows,
+                                                                   const unsigned char* mask, const S* mean, long long rows,
                                                                    long long channels, long long rows_per_block,
                                                                    double* part1, double* part2) {
-    fastopt::bn_reduce_rows<X, S, true>(x, dy, ym, mean, rows, channels, rows_per_block, part1, part2);
+    fastopt::bn_reduce_rows<X, S, true>(x, dy, ym, mask, mean, rows, channels, rows_per_block, part1, part2);
 }
 
-// z (the residual) may be null; relu: 0 or 1.
+// z (the residual) and mask (the ReLU's, written) may be null; relu: 0 or 1.
 template <class X, class S>
 __global__ void fastopt_bn_normalize_fused(const X* x, X* y, long long n, long long channels, long long inner,
                                            const S* save_mean, const S* save_invstd, const S* weight,
-                                           const S* bias, const X* z, int relu) {
-    fastopt::bn_normalize_all<X, S>(x, y, n, channels, inner, save_mean, save_invstd, weight, bias, z, relu != 0);
+                                           const S* bias, const X* z, int relu, unsigned char* mask) {
+    fastopt::bn_normalize_all<X, S>(x, y, n, channels, inner, save_mean, save_invstd, weight, bias, z, relu != 0,
+                                    mask);
 }
 
-// ym (the ReLU's output) and dres (dresidual) may be null.
+// ym (the ReLU's output), mask (its mask, read when ym is null) and dres (dresidual) may be null.
 template <class X, class S>
 __global__ void fastopt_bn_input_grad_fused(const X* dy, const X* x, X* dx, long long n, long long channels,
                                             long long inner, const S* save_mean, const S* coefs, const X* ym,
-                                            X* dres) {
-    fastopt::bn_input_grad_all<X, S>(dy, x, dx, n, channels, inner, save_mean, coefs, ym, dres);
+                                            X* dres, const unsigned char* mask) {
+    fastopt::bn_input_grad_all<X, S>(dy, x, dx, n, channels, inner, save_mean, coefs, ym, dres, mask);
 }

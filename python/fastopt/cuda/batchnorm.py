@@ -60,16 +60,16 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _reduce(device, code, x, dy, mean, outer, channels, inner, grad, ym=None):
+def _reduce(device, code, x, dy, mean, outer, channels, inner, grad, ym=None, mask=None):
     """Stage 1: float64 partial sums; returns (part1, part2, num_parts, c_stride, p_stride). ym: a
-    ReLU's output, which masks dy."""
+    ReLU's output, or mask: the mask its forward wrote; either masks dy."""
     xt, st = TYPES[code]
     flag = "true" if grad else "false"
 
     def kernel(kind):
-        if ym is None:
+        if ym is None and mask is None:
             return f"fastopt_bn_reduce_{kind}<{xt}, {st}, {flag}>", ()
-        return f"fastopt_bn_reduce_{kind}_relu<{xt}, {st}>", (ym,)
+        return f"fastopt_bn_reduce_{kind}_relu<{xt}, {st}>", (_ptr(ym), _ptr(mask))
     count = outer * inner
     if inner > 1:
         # Enough blocks to fill the device, chunks of at least 8 values per thread; fixed by the shape.
@@ -100,8 +100,10 @@ def _elementwise_grid(n):
 
 
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
-                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False, device=None):
-    """`device`: where the kernels run (default: CuPy on x's GPU; the emulator passes its own)."""
+                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False, relu_mask=None,
+                       device=None):
+    """`device`: where the kernels run (default: CuPy on x's GPU; the emulator passes its own).
+    relu_mask: with relu, gets 1 where y > 0 (uint8)."""
     device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
     per_channel = ((_ceil_div(channels, 128),), (128,))
@@ -122,18 +124,21 @@ def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running
         _launch(device, f"fastopt_bn_normalize<{xt}, {st}>", *_elementwise_grid(n), args)
     else:
         _launch(device, f"fastopt_bn_normalize_fused<{xt}, {st}>", *_elementwise_grid(n),
-                args + (_ptr(residual), np.int32(bool(relu))))
+                args + (_ptr(residual), np.int32(bool(relu)), _ptr(relu_mask if relu else None)))
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
-                        training, y=None, dresidual=None, device=None):
-    """y: a ReLU forward's output (dy counts where y > 0); dresidual: gets the dy used."""
+                        training, y=None, dresidual=None, relu_mask=None, device=None):
+    """y: a ReLU forward's output (dy counts where y > 0), or relu_mask: its mask (read instead of
+    y); dresidual: gets the dy used."""
+    if relu_mask is not None:
+        y = None
     device = CupyDevice(x) if device is None else device
     xt, st = TYPES[code]
     stat_dtype = np.float64 if code == CODE_FLOAT64 else np.float32
     if training or dweight is not None:
         part1, part2, parts, c_stride, p_stride = _reduce(device, code, x, dy, save_mean, outer, channels, inner,
-                                                          True, y)
+                                                          True, y, relu_mask)
     else:
         part1 = part2 = device.zeros(1, np.float64)
         parts, c_stride, p_stride = 0, 0, 0
@@ -144,8 +149,8 @@ def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_me
              coefs))
     n = outer * channels * inner
     args = (dy, x, dx, np.int64(n), np.int64(channels), np.int64(inner), save_mean, coefs)
-    if y is None and dresidual is None:
+    if y is None and relu_mask is None and dresidual is None:
         _launch(device, f"fastopt_bn_input_grad<{xt}, {st}>", *_elementwise_grid(n), args)
     else:
         _launch(device, f"fastopt_bn_input_grad_fused<{xt}, {st}>", *_elementwise_grid(n),
-                args + (_ptr(y), _ptr(dresidual)))
+                args + (_ptr(y), _ptr(dresidual), _ptr(relu_mask)))

@@ -16,7 +16,7 @@ from numba import njit, prange
 from .bn_constants import (CHANNELWISE_GROUP_BYTES, CHUNK_BYTES, CONTIGUOUS_RUN_BYTES, FUSED_GROUP_BYTES,
                            SWEEP_MIN_INNER)
 from .bn_sums import channel_sums, make_sums
-from .math import storage as _storage, store, widen
+from .math import relu_passed, storage as _storage, store, widen
 from .optim import runs_parallel
 
 
@@ -98,21 +98,24 @@ def _grad_coefs(c, count, training, weight, save_invstd, sum_dy, sum_dy_xmu, dy_
 # The outputs: one element, or a run of one channel's values (channels-first layouts).
 
 @njit
-def _normalize_at(x, y, k, mean, scale, bias, code, z, res, relu):
-    """y[k] = bn(x[k]) (+ z[k]) (ReLU), in the compute type, rounded once."""
+def _normalize_at(x, y, k, mean, scale, bias, code, z, res, relu, mask, with_mask):
+    """y[k] = bn(x[k]) (+ z[k]) (ReLU), in the compute type, rounded once; mask[k] = whether the
+    stored y[k] is > 0 when with_mask."""
     v = _bn_normalize(widen(x[k], code), mean, scale, bias)
     if res:
         v = v + widen(z[k], code)
     if relu:
         store(y, k, _bn_relu(v), code)
+        if with_mask:
+            mask[k] = 1 if widen(y[k], code) > 0 else 0
     else:
         store(y, k, v, code)
 
 
 @njit
-def _normalize_run(x, y, start, stop, mean, scale, bias, code, z, res, relu):
+def _normalize_run(x, y, start, stop, mean, scale, bias, code, z, res, relu, mask, with_mask):
     for j in range(start, stop):
-        _normalize_at(x, y, np.uint64(j), mean, scale, bias, code, z, res, relu)
+        _normalize_at(x, y, np.uint64(j), mean, scale, bias, code, z, res, relu, mask, with_mask)
 
 
 @njit(inline="always")
@@ -120,7 +123,7 @@ def _input_grad_at(dy, x, dx, k, mean, dy_coef, x_coef, offset, code, y, masked,
     """dx[k]; dres[k] = the dy used (dy * (y > 0) when masked). zero: 0 in the compute type, so
     that the arithmetic stays in it."""
     g = widen(dy[k], code)
-    if masked and not widen(y[k], code) > 0:
+    if masked and not relu_passed(y, k, code):
         g = zero
     if with_dres:
         store(dres, k, g, code)
@@ -196,10 +199,10 @@ def _make_kernel(channels_last, sums, code, with_dy, masked, p):
 
 # ---- the two passes -----------------------------------------------------------------------------
 
-def _forward_pass(code, res, relu):
-    """arrays: (x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, z); absent
-    weight, bias and running statistics are empty, z (the residual) is x when not res.
-    k: (momentum, eps, training)."""
+def _forward_pass(code, res, relu, with_mask):
+    """arrays: (x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, z, mask);
+    absent weight, bias and running statistics are empty, z (the residual) is x when not res, mask
+    (the ReLU's, uint8) is empty when not with_mask. k: (momentum, eps, training)."""
 
     def start(arrays, k, channels, inner, training):
         x, running_mean, running_var, save_mean, save_invstd = arrays[0], arrays[4], arrays[5], arrays[6], arrays[7]
@@ -224,19 +227,20 @@ def _forward_pass(code, res, relu):
         _normalize_constants(c, arrays[2], arrays[3], arrays[7], state[3], state[4])
 
     def element(i, c, arrays, state):
-        _normalize_at(arrays[0], arrays[1], i, arrays[6][c], state[3][c], state[4][c], code, arrays[8], res, relu)
+        _normalize_at(arrays[0], arrays[1], i, arrays[6][c], state[3][c], state[4][c], code, arrays[8], res, relu,
+                      arrays[9], with_mask)
 
     def run(start, stop, c, arrays, state):
         _normalize_run(arrays[0], arrays[1], start, stop, arrays[6][c], state[3][c], state[4][c], code, arrays[8],
-                       res, relu)
+                       res, relu, arrays[9], with_mask)
 
     return start, reads, channel, element, run
 
 
 def _backward_pass(code, masked, with_dres):
     """arrays: (dy, x, dx, weight, save_mean, save_invstd, dweight, dbias, y, dres); an absent
-    weight (and then dweight, dbias) is empty; y (a ReLU's output) and dres are dy when not masked,
-    not with_dres. k: (training,)."""
+    weight (and then dweight, dbias) is empty; y (a ReLU's output, or its uint8 mask) and dres are
+    dy when not masked, not with_dres. k: (training,)."""
 
     def start(arrays, k, channels, inner, needs_sums):
         save_mean = arrays[4]
@@ -269,9 +273,10 @@ def _backward_pass(code, masked, with_dres):
 _KERNELS = {}
 
 
-def _kernel(backward, code, channels_last, parallel, options=(False, False)):
+def _kernel(backward, code, channels_last, parallel, options):
     """The forward or backward of (code, layout), parallel or serial, compiled on first use.
-    options: (residual, relu) of a forward, (masked by a ReLU's output, dresidual) of a backward."""
+    options: (residual, relu, mask written) of a forward, (masked by a ReLU, dresidual) of a
+    backward (the ReLU's output or its mask: the jitted kernel specializes on the array's type)."""
     key = (backward, code, channels_last, parallel, options)
     kernel = _KERNELS.get(key)
     if kernel is None:
@@ -287,6 +292,7 @@ def _kernel(backward, code, channels_last, parallel, options=(False, False)):
 # Absent optional arrays are passed empty, of the compute type: one compiled kernel serves every
 # combination.
 _EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+_NO_MASK = np.empty(0, np.uint8)
 
 
 def _or(a, empty):
@@ -315,26 +321,32 @@ def _plan(outer, channels, inner, itemsize, inputs, parallel, needs_sums):
 
 
 def batch_norm_forward(code, x, y, outer, channels, inner, weight, bias, running_mean, running_var,
-                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False):
+                       save_mean, save_invstd, momentum, eps, training, residual=None, relu=False, relu_mask=None):
     parallel = runs_parallel(x.size)
-    kernel = _kernel(False, code, inner == 1, parallel, (residual is not None, bool(relu)))
+    with_mask = bool(relu) and relu_mask is not None
+    kernel = _kernel(False, code, inner == 1, parallel, (residual is not None, bool(relu), with_mask))
     empty = _EMPTY[save_mean.dtype]
     groups, chunk = _plan(outer, channels, inner, x.itemsize, 1, parallel, training)
     arrays = (_storage(x, code), _storage(y, code), _or(weight, empty), _or(bias, empty), _or(running_mean, empty),
-              _or(running_var, empty), save_mean, save_invstd, _storage(x if residual is None else residual, code))
+              _or(running_var, empty), save_mean, save_invstd, _storage(x if residual is None else residual, code),
+              relu_mask.reshape(-1) if with_mask else _NO_MASK)
     kernel(arrays, (float(momentum), float(eps), bool(training)), outer, channels, inner, bool(training), groups,
            chunk)
 
 
 def batch_norm_backward(code, dy, x, dx, outer, channels, inner, weight, save_mean, save_invstd, dweight, dbias,
-                        training, y=None, dresidual=None):
+                        training, y=None, dresidual=None, relu_mask=None):
+    """relu_mask: a ReLU forward's uint8 mask, read instead of its output y."""
     parallel = runs_parallel(x.size)
-    kernel = _kernel(True, code, inner == 1, parallel, (y is not None, dresidual is not None))
+    relu_source = _storage(y, code) if relu_mask is None and y is not None else relu_mask
+    masked = relu_source is not None
+    kernel = _kernel(True, code, inner == 1, parallel, (masked, dresidual is not None))
     empty = _EMPTY[save_mean.dtype]
-    inputs = 2 if y is None else 3  # as the C++ plan: y is read in both passes
+    inputs = 3 if masked else 2  # as the C++ plan: what recovers the mask is read in both passes
     needs_sums = bool(training) or dweight is not None
     groups, chunk = _plan(outer, channels, inner, x.itemsize, inputs, parallel, needs_sums)
     arrays = (_storage(dy, code), _storage(x, code), _storage(dx, code), _or(weight, empty), save_mean, save_invstd,
-              _or(dweight, empty), _or(dbias, empty), _storage(dy if y is None else y, code),
+              _or(dweight, empty), _or(dbias, empty),
+              _storage(dy, code) if relu_source is None else relu_source.reshape(-1),
               _storage(dx if dresidual is None else dresidual, code))
     kernel(arrays, (bool(training),), outer, channels, inner, needs_sums, groups, chunk)

@@ -8,7 +8,7 @@ from numba.extending import intrinsic
 from llvmlite import ir
 
 from .bn_constants import BN_BLOCK, CHANNEL_BLOCK, LANES, LINE_BYTES, PREFETCH_BYTES, ROW_BLOCK_ELEMS, SHORT_ROW_BYTES
-from .math import widen
+from .math import relu_passed, widen
 
 
 # ---- lane sums ------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def _accumulate(x, dy, k, center, sum1, sum2, code, with_dy, y, masked):
     v = np.float64(widen(x[np.uint64(k)], code)) - center
     if with_dy:
         g = np.float64(widen(dy[np.uint64(k)], code))
-        if masked and not widen(y[np.uint64(k)], code) > 0:
+        if masked and not relu_passed(y, np.uint64(k), code):
             g = 0.0
         return sum1 + g, sum2 + g * v
     return sum1 + v, sum2 + v * v

@@ -130,6 +130,18 @@ def _widen(x, code):
     return lambda x, code: x
 
 
+def relu_passed(y, k, code):
+    """Whether a ReLU passed element k, from its output y (y[k] > 0) or the uint8 mask a forward
+    wrote (1 where y > 0)."""
+
+
+@overload(relu_passed)
+def _relu_passed(y, k, code):
+    if y.dtype == types.uint8:
+        return lambda y, k, code: y[k] != 0
+    return lambda y, k, code: widen(y[k], code) > 0
+
+
 def store(a, i, value, code):
     """a[i] = value, rounded to nearest even into a's storage type."""
 
