@@ -479,22 +479,29 @@ def test_fused_batchnorm_rows_check_and_time(monkeypatch):
     """BN+ReLU and BN+add+ReLU rows: fused, unfused (fastopt + NumPy passes) and torch, each with
     the fused minimal passes' limit; the unfused and torch results are checked against the fused."""
     pytest.importorskip("fastopt._cpu")
-    from fastopt.bench.bn_fused import fused_passes
+    from fastopt.bench.bn_fused import fused_bytes, fused_passes
 
     small_batchnorm(monkeypatch)
     result = run(tiny_config(only="bnfused"))
     rows = [r for r in result["records"] if r["kind"] == "batchnorm_fused"]
-    impls_per_row = 3 if torch is not None else 2
+    impls_per_row = 4 if torch is not None else 3
     assert len([r for r in rows if "seconds" in r]) == 3 * 2 * impls_per_row
+    assert {r["impl"] for r in rows} >= {"fastopt[cpu] fused", "fastopt[cpu] fused, byte mask"}
     for r in rows:
         if "seconds" not in r:
             continue
         residual = r["workload"].startswith("BN+add+ReLU")
-        assert r["passes"] == fused_passes(tuple(r["shape"]), r["axis"], residual, r["threads"])
+        passes, mask_passes = fused_passes(tuple(r["shape"]), r["axis"], residual, r["threads"],
+                                           mask=r["impl"].endswith("byte mask"))
+        assert r["passes"] == passes and r["mask_passes"] == mask_passes
+        assert r["bytes_per_element"] == fused_bytes(passes, mask_passes)
         assert 0 < r["fraction_of_limit"] and r["limit_seconds"] > 0
-    # Forward: x (+ z) read, y written; backward: dy, x, y read, dx (+ dresidual) written.
-    assert pattern_bytes(fused_passes((64, 64, 56, 56), 1, True, 2), 4) == 4 * (2 + 1 + 3 + 2)
-    assert pattern_bytes(fused_passes((64, 56, 56, 64), -1, False, 2), 4) == 4 * (1 + 1 + 1 + 3 + 3 + 1)
+    # Forward: x (+ z) read, y written; backward: dy, x, y read, dx (+ dresidual) written. With the
+    # byte mask: the forward writes it, the backward reads it instead of y (1 byte for 4).
+    assert fused_bytes(*fused_passes((64, 64, 56, 56), 1, True, 2)) == 4 * (2 + 1 + 3 + 2)
+    assert fused_bytes(*fused_passes((64, 56, 56, 64), -1, False, 2)) == 4 * (1 + 1 + 1 + 3 + 3 + 1)
+    assert fused_bytes(*fused_passes((64, 64, 56, 56), 1, True, 2, mask=True)) == 4 * (2 + 1 + 2 + 2) + 1 + 1
+    assert fused_bytes(*fused_passes((64, 56, 56, 64), -1, False, 2, mask=True)) == 4 * (1 + 1 + 1 + 2 + 2 + 1) + 1 + 2
 
 
 def test_ema_row_checks_and_times_against_torch_and_the_limit():

@@ -1,12 +1,15 @@
 """Benchmark rows of BatchNorm fused with ReLU (BN+ReLU) and with the residual add and ReLU
 (BN+add+ReLU): one training step, forward and backward, float32, CPU.
 
-Three ways to compute relu(bn(x) [+ z]) and its gradients, each checked against the others first:
+Ways to compute relu(bn(x) [+ z]) and its gradients, each checked against the others first:
 - fastopt[cpu] fused: ``activation="relu"``, ``residual=z``; the backward reads the mask from y;
+- fastopt[cpu] fused, byte mask: the same, the forward also writing the ReLU's mask (a byte per
+  value, ``mask_out``), which the backward reads instead of y;
 - fastopt[cpu] unfused: fastopt's BatchNorm, then NumPy passes for the add, the ReLU, the mask
   and dy * mask, into buffers allocated once (the best a NumPy user can do with it);
 - torch: ``relu(batch_norm(x) + z)`` with autograd (allocating, as torch code runs).
-The limit is the streaming time of the fused step's minimal passes (fused_passes).
+The limit is the streaming time of the fused step's minimal passes (fused_passes), for each
+fused row of its own byte pattern.
 """
 import inspect
 import math
@@ -19,10 +22,11 @@ from .timing import measure
 VARIANTS = (("BN+ReLU", False), ("BN+add+ReLU", True))
 
 
-def fused_passes(shape, axis, residual, threads):
-    """The passes of a fused step with the fewest reads the CPU kernels manage: the forward
-    reads x (once where a channel group stays cached, else twice) and z once, writes y; the
-    backward reads dy, x and y (once or twice, likewise), writes dx and dresidual."""
+def fused_passes(shape, axis, residual, threads, mask=False):
+    """The passes of a fused step with the fewest reads the CPU kernels manage, as (passes over
+    float32 arrays, passes over byte arrays): the forward reads x (once where a channel group
+    stays cached, else twice) and z once, writes y (and the mask); the backward reads dy, x and
+    the mask, or y (once or twice, likewise), writes dx and dresidual."""
     try:
         from .. import _cpu
     except ImportError:
@@ -38,10 +42,18 @@ def fused_passes(shape, axis, residual, threads):
         bwd_reads = _cpu.batch_norm_input_reads(outer, channels, inner, 6, True, threads)
     res = 1 if residual else 0
     forward = [(1, 0, 0)] * (fwd_reads - 1) + [(1 + res, 0, 1)]
+    if mask:
+        backward = [(2, 0, 0)] * (bwd_reads - 1) + [(2, 0, 1 + res)]
+        return forward + backward, [(0, 0, 1)] + [(1, 0, 0)] * bwd_reads
     # The stream reads at most two arrays a pass: three reads go as a pass of two and one of one,
     # the same bytes.
     backward = [(2, 0, 0), (1, 0, 0)] * (bwd_reads - 1) + [(2, 0, 1 + res), (1, 0, 0)]
-    return forward + backward
+    return forward + backward, []
+
+
+def fused_bytes(passes, mask_passes):
+    """Bytes per value of fused_passes' pattern."""
+    return pattern_bytes(passes, 4) + pattern_bytes(mask_passes, 1)
 
 
 class _Data:
@@ -57,10 +69,10 @@ class _Data:
 
 
 class FusedImpl:
-    label = "fastopt[cpu] fused"
-
-    def __init__(self, fo, d, residual):
+    def __init__(self, fo, d, residual, with_mask=False):
         self.fo, self.d, self.residual = fo, d, residual
+        self.label = "fastopt[cpu] fused" + (", byte mask" if with_mask else "")
+        self.mask = np.empty(d.x.shape, np.uint8) if with_mask else None
         c = d.weight.size
         self.rm, self.rv = np.zeros(c, np.float32), np.ones(c, np.float32)
         self.y, self.dx = np.empty_like(d.x), np.empty_like(d.x)
@@ -72,10 +84,11 @@ class FusedImpl:
         d = self.d
         y, mean, invstd = self.fo.batch_norm_forward(
             d.x, d.weight, d.bias, self.rm, self.rv, axis=d.axis, out=self.y, stats_out=self.stats,
-            activation="relu", residual=d.z if self.residual else None, backend="cpu")
+            activation="relu", residual=d.z if self.residual else None, mask_out=self.mask, backend="cpu")
         dx, dw, db, *dres = self.fo.batch_norm_backward(
             d.dy, d.x, d.weight, mean, invstd, axis=d.axis, out=self.dx, grads_out=self.grads, activation="relu",
-            y=y, residual=self.residual, residual_out=self.dres, backend="cpu")
+            y=None if self.mask is not None else y, mask=self.mask, residual=self.residual, residual_out=self.dres,
+            backend="cpu")
         return y, dx, dw, db, (dres[0] if dres else None)
 
 
@@ -180,7 +193,7 @@ def task(run, bn, threads):
         run.log(f"  {variant} forward + backward")
         fused = FusedImpl(fastopt, data, residual)
         expected = fused.step()
-        impls = [fused, UnfusedImpl(fastopt, data, residual)]
+        impls = [fused, FusedImpl(fastopt, data, residual, with_mask=True), UnfusedImpl(fastopt, data, residual)]
         try:
             impls.append(TorchImpl(data, residual))
         except ImportError:
@@ -188,19 +201,25 @@ def task(run, bn, threads):
         for impl in impls[1:]:
             got = impl.step()
             _check(impl.host(got) if hasattr(impl, "host") else got, expected, impl.label)
-        passes = fused_passes(bn.shape, bn.axis, residual, threads)
-        stream = Stream("cpu", "float32", n, passes, threads)
-        timed = measure([i.step for i in impls] + [stream], repeats=cfg.repeats, target_sample_s=cfg.target_sample_s,
+        patterns = [fused_passes(bn.shape, bn.axis, residual, threads, mask) for mask in (False, True)]
+        # The byte mask streamed as float32 arrays of a quarter as many values: the same bytes.
+        streams = [Stream("cpu", "float32", n, patterns[0][0], threads), Stream("cpu", "float32", n, patterns[1][0], threads),
+                   Stream("cpu", "float32", max(1, n // 4), patterns[1][1], threads)]
+        timed = measure([i.step for i in impls] + streams, repeats=cfg.repeats, target_sample_s=cfg.target_sample_s,
                         max_time_s=cfg.max_time_s)
-        limit = timed[-1][0]
-        nbytes = pattern_bytes(passes, 4)
+        limits = [timed[-3][0], timed[-2][0] + timed[-1][0]]
         fused_seconds = timed[0][0]
         for impl, (seconds, samples) in zip(impls, timed):
+            mask = impl.label.endswith("byte mask")  # its own pattern; the others are held to the fused one's
+            (passes, mask_passes), limit = patterns[mask], limits[mask]
+            nbytes = fused_bytes(passes, mask_passes)
             record = dict(base, workload=workload, impl=impl.label, backend="cpu", seconds=seconds, samples=samples,
                           elements_per_s=n / seconds, bytes_per_element=nbytes, passes=passes,
+                          mask_passes=mask_passes,
                           gb_per_s=n * nbytes / seconds / 1e9, limit_seconds=limit,
                           limit_gb_per_s=n * nbytes / limit / 1e9, fraction_of_limit=limit / seconds,
                           time_over_fused=seconds / fused_seconds)
             run.add(**record)
-        stream.close()
+        for stream in streams:
+            stream.close()
         del impls, fused
