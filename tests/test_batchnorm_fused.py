@@ -223,8 +223,24 @@ def test_equals_unfused_batchnorm_bit_for_bit(backend, dtype, shape, axis, train
         assert np.array_equal(_bits(a), _bits(b))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,axis", LAYOUTS[:6] + PATHS[:2])
+def _mask_cases():
+    """(backend, dtype, shape, axis): Numba compiles a loop per dtype, layout and option, so its
+    float64 and float16 cases (the same code as float32 and bfloat16) and its parallel ones (run by
+    test_cpu_and_numba_agree_bitwise on float32) are marked slow."""
+    cases = []
+    for backend in CPU_BACKENDS:
+        if backend == "numba":
+            from fastopt.numba.optim import runs_parallel
+        for dtype in DTYPES:
+            for shape, axis in LAYOUTS[:6] + PATHS[:2]:
+                slow = backend == "numba" and (np.dtype(dtype) in (np.float64, np.float16) or
+                                               runs_parallel(int(np.prod(shape))))
+                cases.append(pytest.param(backend, dtype, shape, axis, marks=[pytest.mark.slow] if slow else [],
+                                          id=f"{backend}-{np.dtype(dtype).name}-{shape}-{axis}"))
+    return cases
+
+
+@pytest.mark.parametrize("backend, dtype, shape, axis", _mask_cases())
 def test_mask_gives_the_bits_of_y(backend, dtype, shape, axis):
     """mask_out is 1 exactly where the stored y is > 0 (every byte written), and a backward that
     reads it gives the bits of one that reads y: training and evaluation, with and without the
@@ -250,7 +266,8 @@ def test_bitwise_across_thread_counts(backend, shape, axis, dtype):
     try:
         for n in (1, 2, 3):
             fastopt.set_num_threads(n)
-            results.append(_fused(x, z, dy, weight, bias, rm, rv, axis, True, backend, with_mask=n == 2))
+            results.append(_fused(x, z, dy, weight, bias, rm, rv, axis, True, backend,
+                                  with_mask=n == 2 and dtype == np.float32))
     finally:
         fastopt.set_num_threads(before)
     for other in results[1:]:
@@ -270,10 +287,11 @@ def test_cpu_and_numba_agree_bitwise(dtype, shape, axis):
     st = _stat(dtype)
     weight, bias = rng.uniform(0.5, 1.5, c).astype(st), rng.uniform(-1, 1, c).astype(st)
     rm, rv = rng.standard_normal(c).astype(st), rng.uniform(0.5, 2, c).astype(st)
+    with_mask = np.dtype(dtype) == np.float32  # the mask's other dtypes: test_mask_gives_the_bits_of_y
     for training in (True, False):
         for residual in (True, False):
-            cpu = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "cpu", residual, with_mask=True)
-            numba = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "numba", residual, with_mask=True)
+            cpu = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "cpu", residual, with_mask)
+            numba = _fused(x, z, dy, weight, bias, rm, rv, axis, training, "numba", residual, with_mask)
             for i, (a, b) in enumerate(zip(cpu, numba)):
                 assert np.array_equal(_bits(a), _bits(b)), (training, residual, i)
 
