@@ -107,7 +107,7 @@ def _normalize_at(x, y, k, mean, scale, bias, code, z, res, relu, mask, with_mas
     if relu:
         store(y, k, _bn_relu(v), code)
         if with_mask:
-            mask[k] = 1 if widen(y[k], code) > 0 else 0
+            mask[k] = 1 if relu_passed(y, k, code) else 0
     else:
         store(y, k, v, code)
 
